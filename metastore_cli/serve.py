@@ -1,0 +1,161 @@
+"""`metastore serve`: the daemon in the foreground.
+
+Precedence: command-line flag, then METASTORE_* environment variable, then
+the YAML config file, then the built-in default. (etcd gives its config
+file precedence over flags; we follow our spec and say so in the man page.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import typer
+import yaml
+
+from metastore_core.server.app import Server
+from metastore_core.server.config import Config
+from metastore_core.storage.base import StorageError
+from metastore_core.storage.datadir import DataDirInUse
+
+
+def _opt(default: Any, *names: str, help: str, env: str | None = None) -> Any:
+    return typer.Option(default, *names, help=help, envvar=env, show_default=False)
+
+
+def load_config(path: Path | None, overrides: dict[str, Any]) -> Config:
+    """Defaults < YAML file < env/flags (typer has already merged env into flags)."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise typer.BadParameter(f"{path}: want a mapping of option names to values")
+        known = {f.name for f in fields(Config)}
+        for key, value in raw.items():
+            name = str(key).replace("-", "_")
+            if name not in known:
+                raise typer.BadParameter(f"{path}: unknown option {key!r}")
+            values[name] = value
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    if "data_dir" in values:
+        values["data_dir"] = Path(values["data_dir"])
+    for name in ("listen_client_urls", "advertise_client_urls", "listen_metrics_urls"):
+        if isinstance(values.get(name), str):
+            values[name] = [u.strip() for u in values[name].split(",") if u.strip()]
+    return Config(**values)
+
+
+def serve(
+    data_dir: Path = _opt(
+        None, "--data-dir", help="Data directory [default.metastore].", env="METASTORE_DATA_DIR"
+    ),
+    name: str = _opt(None, "--name", help="Member name [default].", env="METASTORE_NAME"),
+    backend: str = _opt(
+        None, "--backend", help="Storage: leveldb (default) or memory.", env="METASTORE_BACKEND"
+    ),
+    listen_client_urls: str = _opt(
+        None,
+        "--listen-client-urls",
+        help="Comma-separated URLs for gRPC clients [http://127.0.0.1:2379].",
+        env="METASTORE_LISTEN_CLIENT_URLS",
+    ),
+    advertise_client_urls: str = _opt(
+        None,
+        "--advertise-client-urls",
+        help="Client URLs told to clients in member lists [the listen URLs].",
+        env="METASTORE_ADVERTISE_CLIENT_URLS",
+    ),
+    listen_metrics_urls: str = _opt(
+        None,
+        "--listen-metrics-urls",
+        help="URLs for HTTP /metrics and /health [http://127.0.0.1:2381].",
+        env="METASTORE_LISTEN_METRICS_URLS",
+    ),
+    max_txn_ops: int = _opt(
+        None, "--max-txn-ops", help="Most operations in one txn [128].", env="METASTORE_MAX_TXN_OPS"
+    ),
+    max_request_bytes: int = _opt(
+        None,
+        "--max-request-bytes",
+        help="Largest Put/Txn request accepted, in bytes [1572864].",
+        env="METASTORE_MAX_REQUEST_BYTES",
+    ),
+    max_value_bytes: int = _opt(
+        None, "--max-value-bytes", help="Largest value, in bytes [1048576].", env="METASTORE_MAX_VALUE_BYTES"
+    ),
+    quota_backend_bytes: int = _opt(
+        None,
+        "--quota-backend-bytes",
+        help="Store size that raises the NOSPACE alarm [2147483648].",
+        env="METASTORE_QUOTA_BACKEND_BYTES",
+    ),
+    enable_crc: bool = _opt(
+        None,
+        "--enable-crc/--no-enable-crc",
+        help="CRC32 on every stored record (new data dirs).",
+        env="METASTORE_ENABLE_CRC",
+    ),
+    unsafe_no_fsync: bool = _opt(
+        None,
+        "--unsafe-no-fsync",
+        help="Do not fsync writes (benchmarks only: a power loss can lose acknowledged writes).",
+        env="METASTORE_UNSAFE_NO_FSYNC",
+    ),
+    shutdown_timeout: float = _opt(
+        None,
+        "--shutdown-timeout",
+        help="Seconds a graceful stop may take [30].",
+        env="METASTORE_SHUTDOWN_TIMEOUT",
+    ),
+    log_level: str = _opt(
+        None, "--log-level", help="debug, info, warning or error [info].", env="METASTORE_LOG_LEVEL"
+    ),
+    config_file: Path = _opt(
+        None, "--config-file", help="YAML file of options (flag names).", env="METASTORE_CONFIG_FILE"
+    ),
+) -> None:
+    """Run the daemon in the foreground until SIGTERM or SIGINT."""
+    overrides = {
+        "data_dir": data_dir,
+        "name": name,
+        "backend": backend,
+        "listen_client_urls": listen_client_urls,
+        "advertise_client_urls": advertise_client_urls,
+        "listen_metrics_urls": listen_metrics_urls,
+        "max_txn_ops": max_txn_ops,
+        "max_request_bytes": max_request_bytes,
+        "max_value_bytes": max_value_bytes,
+        "quota_backend_bytes": quota_backend_bytes,
+        "enable_crc": enable_crc,
+        "fsync": None if unsafe_no_fsync is None else not unsafe_no_fsync,
+        "shutdown_timeout_s": shutdown_timeout,
+        "log_level": log_level,
+    }
+    config = load_config(config_file, overrides)
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        asyncio.run(_run(config))
+    except (DataDirInUse, StorageError, OSError, ValueError) as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+async def _run(config: Config) -> None:
+    server = Server(config)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    logging.getLogger("metastore").info("signal received, shutting down")
+    await server.stop()

@@ -1,0 +1,1 @@
+"""The engine: request semantics over the MVCC store (no gRPC, no asyncio)."""

@@ -1,0 +1,1 @@
+"""Multi-version store: etcd's revisions, history, tombstones and compaction."""

@@ -1,0 +1,122 @@
+"""The in-memory key index: for every key, the revisions where it changed.
+
+An entry packs one change into an int: (main << 33) | (sub << 1) | tombstone,
+so a key's entries sort by revision and a bisect finds the state at any main
+revision. Worked example (etcd's key_index.go, in our terms), key "a":
+    put@2, put@4, delete@6, put@8   entries: 2.0  4.0  6.0t  8.0
+    read at 5 -> 4.0 (value of put@4); at 7 -> 6.0t (absent); at 1 -> none
+    compact(5): keep the newest entry <= 5 (4.0) and everything newer:
+                entries 4.0 6.0t 8.0; revision 2 is gone from disk.
+    compact(7): the newest entry <= 7 is a tombstone, so the whole older
+                generation goes: entries 8.0.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterator
+
+from sortedcontainers import SortedList
+
+
+def pack(main: int, sub: int, tombstone: bool = False) -> int:
+    return (main << 33) | (sub << 1) | int(tombstone)
+
+
+def entry_main(entry: int) -> int:
+    return entry >> 33
+
+
+def entry_sub(entry: int) -> int:
+    return (entry >> 1) & 0xFFFFFFFF
+
+
+def is_tombstone(entry: int) -> bool:
+    return bool(entry & 1)
+
+
+class KeyHistory:
+    """Revisions of one key, oldest first, plus its newest generation's figures."""
+
+    __slots__ = ("create", "entries", "lease", "version")
+
+    def __init__(self) -> None:
+        self.entries: list[int] = []
+        self.create = 0  # create_revision of the newest live generation (0 when deleted)
+        self.version = 0
+        self.lease = 0
+
+    def at(self, main: int) -> int | None:
+        """The newest entry at or below main revision, if it is not a tombstone."""
+        entries = self.entries
+        last = entries[-1]
+        if last >> 33 <= main:
+            return None if last & 1 else last
+        i = bisect_left(entries, (main + 1) << 33) - 1
+        if i < 0:
+            return None
+        e = entries[i]
+        return None if e & 1 else e
+
+    @property
+    def alive(self) -> bool:
+        return bool(self.entries) and not self.entries[-1] & 1
+
+    def compact(self, main: int) -> list[int]:
+        """Drop history older than main (see the module doc); returns dropped entries."""
+        entries = self.entries
+        i = bisect_left(entries, (main + 1) << 33)  # entries[:i] are <= main
+        if i == 0:
+            return []
+        keep_from = i - 1
+        if entries[keep_from] & 1:  # newest <= main is a tombstone: drop it too
+            keep_from = i
+        dropped = entries[:keep_from]
+        del entries[:keep_from]
+        return dropped
+
+
+class Index:
+    """key -> KeyHistory, with the keys kept sorted for range scans."""
+
+    def __init__(self) -> None:
+        self._map: dict[bytes, KeyHistory] = {}
+        self._sorted: SortedList = SortedList()
+
+    def __len__(self) -> int:
+        return len(self._map)
+
+    def get(self, key: bytes) -> KeyHistory | None:
+        return self._map.get(key)
+
+    def get_or_add(self, key: bytes) -> KeyHistory:
+        h = self._map.get(key)
+        if h is None:
+            h = self._map[key] = KeyHistory()
+            self._sorted.add(key)
+        return h
+
+    def remove(self, key: bytes) -> None:
+        if self._map.pop(key, None) is not None:
+            self._sorted.remove(key)
+
+    def keys(self, key: bytes, end: bytes) -> Iterator[bytes]:
+        """Keys in etcd's range: end b"" is key alone, b"\\0" is every key >= key."""
+        if not end:
+            if key in self._map:
+                yield key
+            return
+        if end == b"\0":
+            yield from self._sorted.irange(key, None)
+        else:
+            yield from self._sorted.irange(key, end, inclusive=(True, False))
+
+    def histories(self, key: bytes, end: bytes) -> Iterator[tuple[bytes, KeyHistory]]:
+        m = self._map
+        for k in self.keys(key, end):
+            yield k, m[k]
+
+    def all(self) -> Iterator[tuple[bytes, KeyHistory]]:
+        m = self._map
+        for k in self._sorted:
+            yield k, m[k]

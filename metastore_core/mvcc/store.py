@@ -1,0 +1,276 @@
+"""The MVCC store: revisions over the index and the storage backend.
+
+Writes are applied in memory at once and staged for storage; the server's
+committer drains the staged writes into one synced batch (group commit) and
+then marks them committed. Readers outside the apply path read at
+`committed_rev`, so they never see a write that is not yet durable.
+
+No I/O framework here: everything is plain, synchronous calls.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from metastore_core import errors
+from metastore_core.mvcc.index import Index, KeyHistory, entry_main, entry_sub, is_tombstone, pack
+from metastore_core.pb.mvccpb.kv_pb2 import Event, KeyValue
+from metastore_core.storage import Storage
+from metastore_core.storage import layout as L
+from metastore_core.storage.base import Write
+
+PUT = Event.PUT
+DELETE = Event.DELETE
+
+
+@dataclass
+class Drained:
+    """Staged writes handed to the committer as one batch."""
+
+    batch: list[Write]
+    rev: int  # the newest main revision inside
+    events: list[Event]
+    seq: int  # staging sequence number covered
+
+
+@dataclass
+class Ids:
+    """Identity of this store, persisted on first start."""
+
+    cluster_id: int
+    member_id: int
+    raft_term: int = 1
+
+
+@dataclass
+class _Staged:
+    batch: list[Write] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+
+
+def _new_id() -> int:
+    return secrets.randbits(63) | 1
+
+
+class MVCCStore:
+    """etcd's key-value model: revisions, generations, tombstones, compaction."""
+
+    def __init__(self, storage: Storage, *, crc: bool = False) -> None:
+        self.storage = storage
+        self.index = Index()
+        self.codec = L.RecordCodec(crc)
+        self.applied_rev = 1  # newest revision applied in memory
+        self.committed_rev = 1  # newest revision durable on disk
+        self.compact_rev = 0
+        self.consistent_index = 0  # count of applied write commands (raft index stand-in)
+        self.ids = Ids(0, 0)
+        self._overlay: dict[bytes, bytes] = {}  # staged, not yet on disk
+        self._staged = _Staged()
+        self.staged_seq = 0
+        self.durable_seq = 0
+
+    # ---------------------------------------------------------------- load
+    def load(self) -> None:
+        """Read meta and rebuild the index from disk (start-up and recovery)."""
+        s = self.storage
+        fmt = s.get(L.META_FORMAT)
+        crc = s.get(L.META_CRC)
+        if fmt is None:
+            self.ids = Ids(_new_id(), _new_id())
+            crc_name = L.CRC_IEEE if self.codec.crc else L.CRC_NONE
+            s.write(
+                [
+                    (L.META_FORMAT, L.FORMAT_VERSION),
+                    (L.META_CRC, crc_name),
+                    (L.META_CLUSTER_ID, L.u64(self.ids.cluster_id)),
+                    (L.META_MEMBER_ID, L.u64(self.ids.member_id)),
+                    (L.META_RAFT_TERM, L.u64(1)),
+                ],
+                sync=True,
+            )
+        else:
+            if fmt != L.FORMAT_VERSION:
+                raise errors.MetastoreError(f"unsupported data format version {fmt!r}")
+            # The store's own header decides CRC, whatever the flag says now.
+            self.codec = L.RecordCodec(crc == L.CRC_IEEE)
+            self.ids = Ids(
+                L.parse_u64(s.get(L.META_CLUSTER_ID) or L.u64(0)),
+                L.parse_u64(s.get(L.META_MEMBER_ID) or L.u64(0)),
+                L.parse_u64(s.get(L.META_RAFT_TERM) or L.u64(1)),
+            )
+        self.compact_rev = L.parse_u64(s.get(L.META_COMPACT_REV) or L.u64(0))
+        scheduled = L.parse_u64(s.get(L.META_SCHEDULED_COMPACT_REV) or L.u64(0))
+        self.consistent_index = L.parse_u64(s.get(L.META_CONSISTENT_INDEX) or L.u64(0))
+        self.index = Index()
+        self._overlay.clear()
+        self._staged = _Staged()
+        top = 1
+        start, stop = L.rev_range(0, 1 << 63)
+        for skey, record in s.scan(start, stop):
+            main, sub, tomb = L.parse_rev_key(skey)
+            kv = KeyValue.FromString(self.codec.decode(record, skey))
+            h = self.index.get_or_add(kv.key)
+            h.entries.append(pack(main, sub, tomb))
+            if tomb:
+                h.create = h.version = h.lease = 0
+            else:
+                h.create, h.version, h.lease = kv.create_revision, kv.version, kv.lease
+            top = main
+        self.applied_rev = self.committed_rev = max(top, self.compact_rev, 1)
+        self.staged_seq = self.durable_seq = 0
+        if scheduled > self.compact_rev:
+            # A compaction was asked for but not finished before a stop: finish it.
+            self.compact_rev = 0
+            self.compact(scheduled)
+
+    # ---------------------------------------------------------------- reads
+    def check_rev(self, rev: int) -> int:
+        """The revision a read asked for, checked: 0 means current."""
+        if rev <= 0:
+            return self.committed_rev
+        if rev > self.committed_rev:
+            raise errors.FutureRevision()
+        if rev < self.compact_rev:
+            raise errors.Compacted()
+        return rev
+
+    def live(self, key: bytes, end: bytes, rev: int) -> Iterator[tuple[bytes, int]]:
+        """(key, entry) of every key alive at rev in etcd's range, ascending."""
+        for k, h in self.index.histories(key, end):
+            e = h.at(rev)
+            if e is not None:
+                yield k, e
+
+    def kv(self, key: bytes, entry: int) -> KeyValue:
+        """The stored KeyValue of one index entry."""
+        return KeyValue.FromString(self.kv_bytes(entry))
+
+    def kv_bytes(self, entry: int) -> bytes:
+        skey = L.rev_key(entry_main(entry), entry_sub(entry), is_tombstone(entry))
+        payload = self._overlay.get(skey)
+        if payload is not None:
+            return payload
+        record = self.storage.get(skey)
+        if record is None:
+            raise errors.MetastoreError(f"index entry {skey!r} missing from storage")
+        return self.codec.decode(record, skey)
+
+    def get(self, key: bytes, rev: int) -> KeyValue | None:
+        """The KeyValue of key at rev, or None."""
+        h = self.index.get(key)
+        if h is None or not h.entries:
+            return None
+        e = h.at(rev)
+        return None if e is None else self.kv(key, e)
+
+    def history(self, from_rev: int, to_rev: int) -> Iterator[Event]:
+        """Every committed change with from_rev <= revision <= to_rev, in order."""
+        start, stop = L.rev_range(from_rev, to_rev + 1)
+        for skey, record in self.storage.scan(start, stop):
+            tomb = len(skey) == 18
+            kv = KeyValue.FromString(self.codec.decode(record, skey))
+            yield Event(type=DELETE if tomb else PUT, kv=kv)
+
+    def key_count(self) -> int:
+        return sum(1 for _, h in self.index.all() if h.alive)
+
+    # ---------------------------------------------------------------- writes
+    def begin(self) -> WriteTxn:
+        """Start the one write of the next revision."""
+        return WriteTxn(self)
+
+    def stage(self, key: bytes, value: bytes | None) -> None:
+        """Stage a non-MVCC write (meta, lease, alarm) into the next batch."""
+        self._staged.batch.append((key, value))
+        self.staged_seq += 1
+
+    def _stage_change(self, skey: bytes, payload: bytes, event: Event) -> None:
+        self._overlay[skey] = payload
+        self._staged.batch.append((skey, self.codec.encode(payload)))
+        self._staged.events.append(event)
+
+    def drain(self) -> Drained | None:
+        """Take everything staged since the last drain, or None."""
+        if self.durable_seq == self.staged_seq and not self._staged.batch:
+            return None
+        staged, self._staged = self._staged, _Staged()
+        staged.batch.append((L.META_CONSISTENT_INDEX, L.u64(self.consistent_index)))
+        return Drained(staged.batch, self.applied_rev, staged.events, self.staged_seq)
+
+    def mark_durable(self, d: Drained) -> None:
+        """The committer wrote d to disk: make it visible to readers."""
+        for skey, _ in d.batch:
+            self._overlay.pop(skey, None)
+        self.committed_rev = max(self.committed_rev, d.rev)
+        self.durable_seq = d.seq
+
+    # ---------------------------------------------------------------- compaction
+    def compact(self, rev: int) -> int:
+        """Drop history below rev (etcd semantics); returns the number of revisions removed."""
+        if rev <= self.compact_rev:
+            raise errors.Compacted()
+        if rev > self.committed_rev:
+            raise errors.FutureRevision()
+        self.compact_rev = rev
+        self.stage(L.META_SCHEDULED_COMPACT_REV, L.u64(rev))
+        dropped = 0
+        gone: list[bytes] = []
+        for k, h in self.index.all():
+            for e in h.compact(rev):
+                self.stage(L.rev_key(entry_main(e), entry_sub(e), is_tombstone(e)), None)
+                dropped += 1
+            if not h.entries:
+                gone.append(k)
+        for k in gone:
+            self.index.remove(k)
+        self.stage(L.META_COMPACT_REV, L.u64(rev))
+        return dropped
+
+
+class WriteTxn:
+    """The changes of one main revision; sub-revisions count within it."""
+
+    def __init__(self, store: MVCCStore) -> None:
+        self.store = store
+        self.rev = store.applied_rev + 1
+        self.sub = 0
+
+    @property
+    def changed(self) -> bool:
+        return self.sub > 0
+
+    def put(self, key: bytes, value: bytes, lease: int) -> KeyValue:
+        """Write key; returns the new KeyValue."""
+        s = self.store
+        h = s.index.get_or_add(key)
+        if h.entries and not h.entries[-1] & 1:
+            create, version = h.create, h.version + 1
+        else:
+            create, version = self.rev, 1
+        kv = KeyValue(
+            key=key, create_revision=create, mod_revision=self.rev, version=version, value=value, lease=lease
+        )
+        h.entries.append(pack(self.rev, self.sub))
+        h.create, h.version, h.lease = create, version, lease
+        s._stage_change(L.rev_key(self.rev, self.sub), kv.SerializeToString(), Event(type=PUT, kv=kv))
+        self._bump()
+        return kv
+
+    def delete(self, key: bytes, h: KeyHistory) -> None:
+        """Write a tombstone for a live key."""
+        kv = KeyValue(key=key, mod_revision=self.rev)
+        h.entries.append(pack(self.rev, self.sub, True))
+        h.create = h.version = h.lease = 0
+        self.store._stage_change(
+            L.rev_key(self.rev, self.sub, True), kv.SerializeToString(), Event(type=DELETE, kv=kv)
+        )
+        self._bump()
+
+    def _bump(self) -> None:
+        self.sub += 1
+        s = self.store
+        s.staged_seq += 1
+        if s.applied_rev < self.rev:
+            s.applied_rev = self.rev

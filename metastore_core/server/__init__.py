@@ -1,0 +1,1 @@
+"""The I/O shell: gRPC services, group commit, lifecycle. The engine stays pure."""

@@ -1,0 +1,116 @@
+"""Group commit: one writer thread turns everything staged into one synced batch.
+
+Handlers apply a command on the event loop (microseconds, in memory), then
+`await committer.flush()`. While one fsync is in flight, further commands
+stage behind it and share the next fsync, so throughput does not collapse
+to one fsync per request. Only after the batch is on disk do readers see it
+(store.mark_durable) and watchers hear of it (listeners).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from metastore_core import errors
+from metastore_core.mvcc.store import Drained, MVCCStore
+from metastore_core.pb.mvccpb.kv_pb2 import Event
+from metastore_core.storage.base import StorageError
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[int, list[Event]], None]
+
+
+class Committer:
+    """Makes staged writes durable, in order, sharing fsyncs between requests."""
+
+    def __init__(self, store: MVCCStore, *, sync: bool = True) -> None:
+        self.store = store
+        self.sync = sync
+        self.listeners: list[Listener] = []
+        self.on_failure: list[Callable[[Exception], None]] = []
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metastore-commit")
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._running = False
+        self._task: asyncio.Task[None] | None = None
+        self.failed: Exception | None = None
+        self.batches = 0
+        self.entries = 0
+
+    async def flush(self) -> None:
+        """Return once everything staged so far is durable; raise if it cannot be."""
+        store = self.store
+        if store.durable_seq >= store.staged_seq and not self._running:
+            if self.failed is not None:
+                raise errors.Unavailable(f"etcdserver: storage failed: {self.failed}")
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((store.staged_seq, fut))
+        if not self._running:
+            self._running = True
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        await fut
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                self._wake(self.store.durable_seq)
+                d = self.store.drain()
+                if d is None:
+                    break
+                try:
+                    await loop.run_in_executor(self._executor, self._write, d)
+                except Exception as exc:  # the batch is not on disk: fail everyone behind it
+                    self._fail(exc)
+                    return
+                self.store.mark_durable(d)
+                self.batches += 1
+                self.entries += len(d.batch)
+                self._wake(d.seq)
+                if d.events:
+                    for listener in self.listeners:
+                        try:
+                            listener(d.rev, d.events)
+                        except Exception:
+                            log.exception("commit listener failed")
+        finally:
+            self._running = False
+            if self._waiters:  # staged after our last drain
+                self._running = True
+                self._task = loop.create_task(self._run())
+
+    def _write(self, d: Drained) -> None:
+        self.store.storage.write(d.batch, sync=self.sync)
+
+    def _wake(self, seq: int) -> None:
+        keep = []
+        for want, fut in self._waiters:
+            if want <= seq:
+                if not fut.done():
+                    fut.set_result(None)
+            else:
+                keep.append((want, fut))
+        self._waiters = keep
+
+    def _fail(self, exc: Exception) -> None:
+        log.error("write batch failed, nothing of it was acknowledged: %s", exc)
+        self.failed = exc
+        err = errors.Unavailable(f"etcdserver: storage failed: {exc}")
+        waiters, self._waiters = self._waiters, []
+        for _, fut in waiters:
+            if not fut.done():
+                fut.set_exception(err)
+        for hook in self.on_failure:
+            try:
+                hook(exc)
+            except Exception:
+                log.exception("commit failure hook failed")
+        if not isinstance(exc, StorageError):
+            log.exception("unexpected commit failure", exc_info=exc)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)

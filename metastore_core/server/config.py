@@ -1,0 +1,61 @@
+"""Daemon configuration: one dataclass, filled by the CLI from flags, env and YAML."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+from metastore_core.engine.validate import Limits
+
+
+@dataclass
+class Config:
+    """Everything `metastore serve` can set (etcd's names where the meaning is the same)."""
+
+    data_dir: Path = Path("default.metastore")
+    name: str = "default"
+    backend: str = "leveldb"  # leveldb | memory
+    listen_client_urls: list[str] = field(default_factory=lambda: ["http://127.0.0.1:2379"])
+    advertise_client_urls: list[str] = field(default_factory=list)
+    listen_metrics_urls: list[str] = field(default_factory=lambda: ["http://127.0.0.1:2381"])
+    max_txn_ops: int = 128
+    max_request_bytes: int = 1536 * 1024
+    max_key_bytes: int = 1536
+    max_value_bytes: int = 1 << 20
+    quota_backend_bytes: int = 2 << 30
+    enable_crc: bool = False
+    fsync: bool = True  # off only for throwaway benchmarks: acknowledged writes may be lost on power loss
+    # gRPC transport
+    max_recv_bytes: int = 4 << 20  # the transport's hard message limit (RESOURCE_EXHAUSTED above)
+    max_connections: int = 10_000
+    connection_timeout_s: float = 10.0
+    shutdown_timeout_s: float = 30.0
+    log_level: str = "info"
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(
+            max_txn_ops=self.max_txn_ops,
+            max_key_bytes=self.max_key_bytes,
+            max_value_bytes=self.max_value_bytes,
+            max_request_bytes=self.max_request_bytes,
+        )
+
+    @property
+    def client_urls(self) -> list[str]:
+        """What clients are told to dial (advertised, else listened)."""
+        return self.advertise_client_urls or self.listen_client_urls
+
+
+def host_port(url: str) -> str:
+    """'http://127.0.0.1:2379' or '127.0.0.1:2379' -> '127.0.0.1:2379'."""
+    if "://" not in url:
+        url = "http://" + url
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname or parsed.port is None:
+        raise ValueError(f"bad URL {url!r}: want http://HOST:PORT")
+    host = parsed.hostname
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{parsed.port}"

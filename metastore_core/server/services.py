@@ -1,0 +1,32 @@
+"""Every gRPC service the daemon serves, in one list (add new services here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf.descriptor import ServiceDescriptor
+
+from metastore_core.pb.etcdserverpb import rpc_pb2
+from metastore_core.server.cluster import ClusterService
+from metastore_core.server.kv import KVService
+from metastore_core.server.maintenance import MaintenanceService
+from metastore_core.server.node import Node
+
+
+@dataclass
+class Service:
+    """A servicer object and the proto service it implements."""
+
+    descriptor: ServiceDescriptor
+    servicer: Any
+    modules: tuple[Any, ...]
+
+
+def build_services(node: Node) -> list[Service]:
+    etcd = rpc_pb2.DESCRIPTOR.services_by_name
+    return [
+        Service(etcd["KV"], KVService(node), (rpc_pb2,)),
+        Service(etcd["Maintenance"], MaintenanceService(node), (rpc_pb2,)),
+        Service(etcd["Cluster"], ClusterService(node), (rpc_pb2,)),
+    ]

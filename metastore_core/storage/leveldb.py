@@ -1,0 +1,99 @@
+"""The LevelDB backend (plyvel): the default, durable store.
+
+Opened once per process with paranoid checks so corruption fails the open
+instead of silently dropping acknowledged records. Our own flock on the data
+dir (see datadir.py) guards against a second process, because a failed
+second in-process open of LevelDB silently releases LevelDB's own lock.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import plyvel
+
+from metastore_core.storage.base import StorageError, Write
+
+
+class LevelDBView:
+    """A LevelDB snapshot."""
+
+    def __init__(self, db: Any) -> None:
+        self._snap = db.snapshot()
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._snap.get(key)
+
+    def scan(self, start: bytes, stop: bytes) -> Iterator[tuple[bytes, bytes]]:
+        with self._snap.iterator(start=start, stop=stop, fill_cache=False) as it:
+            yield from it
+
+    def close(self) -> None:
+        self._snap.close()
+
+
+class LevelDBStorage:
+    """plyvel.DB behind the Storage interface."""
+
+    name = "leveldb"
+
+    def __init__(self, path: Path, *, cache_bytes: int = 64 << 20) -> None:
+        self.path = path
+        try:
+            self._db = plyvel.DB(
+                str(path),
+                create_if_missing=True,
+                paranoid_checks=True,
+                lru_cache_size=cache_bytes,
+                write_buffer_size=16 << 20,
+            )
+        except plyvel.Error as exc:
+            raise StorageError(f"cannot open LevelDB at {path}: {exc}") from exc
+
+    def get(self, key: bytes) -> bytes | None:
+        try:
+            return self._db.get(key)
+        except plyvel.Error as exc:
+            raise StorageError(str(exc)) from exc
+
+    def scan(self, start: bytes, stop: bytes, *, reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
+        try:
+            with self._db.iterator(start=start, stop=stop, reverse=reverse) as it:
+                yield from it
+        except plyvel.Error as exc:
+            raise StorageError(str(exc)) from exc
+
+    def write(self, batch: Sequence[Write], *, sync: bool = True) -> None:
+        try:
+            with self._db.write_batch(sync=sync) as wb:
+                for key, value in batch:
+                    if value is None:
+                        wb.delete(key)
+                    else:
+                        wb.put(key, value)
+        except plyvel.Error as exc:
+            raise StorageError(str(exc)) from exc
+
+    def view(self) -> LevelDBView:
+        return LevelDBView(self._db)
+
+    def size(self) -> int:
+        total = 0
+        with os.scandir(self.path) as entries:
+            for entry in entries:
+                if entry.is_file():
+                    total += entry.stat().st_size
+        return total
+
+    def compact(self) -> None:
+        try:
+            self._db.compact_range()
+        except plyvel.Error as exc:
+            raise StorageError(str(exc)) from exc
+
+    def close(self) -> None:
+        if not self._db.closed:
+            self._db.close()
