@@ -12,7 +12,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from metastore_core.server.config import Config, host_port
 from metastore_core.server.node import Node
 from metastore_core.server.rpc import Layer, message_types, service_handler
-from metastore_core.server.services import build_services
+from metastore_core.server.services import Service, build_services
 from metastore_core.storage import Storage
 from metastore_core.storage.datadir import DataDir
 from metastore_core.storage.leveldb import LevelDBStorage
@@ -60,6 +60,8 @@ class Server:
         self.grpc: grpc.aio.Server | None = None
         self.health = health.aio.HealthServicer()
         self.ports: list[int] = []
+        self.services: list[Service] = []
+        self.tasks: list[asyncio.Task[None]] = []
         self.stopped = asyncio.Event()
 
     async def start(self) -> None:
@@ -72,7 +74,8 @@ class Server:
             self.node = Node(storage, cfg)
             await asyncio.to_thread(self.node.load)
             self.grpc = grpc.aio.server(options=grpc_options(cfg))
-            for svc in build_services(self.node):
+            self.services = build_services(self.node)
+            for svc in self.services:
                 types = message_types(*svc.modules)
                 self.grpc.add_generic_rpc_handlers(
                     (service_handler(svc.descriptor, svc.servicer, types, self.layers),)
@@ -88,6 +91,9 @@ class Server:
                     raise OSError(f"cannot listen on {addr}: address in use?")
                 self.ports.append(port)
             await self.grpc.start()
+            for svc in self.services:
+                for task in svc.tasks:
+                    self.tasks.append(asyncio.create_task(task()))
             await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         except BaseException:
             await self._release()
@@ -108,6 +114,11 @@ class Server:
             return
         grace = self.config.shutdown_timeout_s if grace is None else grace
         await self.health.enter_graceful_shutdown()
+        for svc in self.services:
+            if svc.close is not None:
+                await svc.close()
+        for task in self.tasks:
+            task.cancel()
         if self.grpc is not None:
             await self.grpc.stop(grace)
         if self.node is not None:

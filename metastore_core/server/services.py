@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf.descriptor import ServiceDescriptor
@@ -21,6 +22,10 @@ class Service:
     descriptor: ServiceDescriptor
     servicer: Any
     modules: tuple[Any, ...]
+    # Background loops the service needs while the daemon runs (e.g. lease expiry).
+    tasks: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
+    # Called at shutdown before the gRPC server stops: end open streams cleanly.
+    close: Callable[[], Awaitable[None]] | None = None
 
 
 def build_services(node: Node) -> list[Service]:
