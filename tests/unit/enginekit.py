@@ -1,0 +1,37 @@
+"""A synchronous engine for unit tests: the real store and applier, committed inline."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from metastore_core.engine.apply import Applier
+from metastore_core.engine.lease import Lessor
+from metastore_core.mvcc.store import MVCCStore
+from metastore_core.storage import Storage
+
+
+class Engine:
+    """Store + lessor + applier; `write` applies and makes the batch durable like the committer."""
+
+    def __init__(self, storage: Storage, *, crc: bool = False) -> None:
+        self.storage = storage
+        self.now = 0.0
+        self.store = MVCCStore(storage, crc=crc)
+        self.store.load()
+        self.lessor = Lessor(self.store)
+        self.lessor.load(self.now)
+        self.applier = Applier(self.store, self.lessor, lambda: self.now)
+
+    def write(self, command: Any) -> Any:
+        resp = self.applier.apply(command)
+        self.commit()
+        return resp
+
+    def commit(self) -> None:
+        d = self.store.drain()
+        if d is not None:
+            self.storage.write(d.batch, sync=False)
+            self.store.mark_durable(d)
+
+    def reopen(self) -> Engine:
+        return Engine(self.storage)

@@ -1,0 +1,153 @@
+"""The MVCC engine against a simple model: a dict of key histories.
+
+Hypothesis drives put/delete/txn/compact/restart and checks every read at
+every revision still readable, including count and the per-key revisions.
+"""
+
+from __future__ import annotations
+
+import pytest
+from enginekit import Engine
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from metastore_core import errors
+from metastore_core.engine.ranges import range_at
+from metastore_core.pb.etcdserverpb import rpc_pb2 as pb
+from metastore_core.storage.memory import MemoryStorage
+
+KEYS = st.sampled_from([b"a", b"b", b"c", b"d"])
+VALUES = st.binary(min_size=0, max_size=3)
+
+# model: key -> list of (rev, value or None for delete)
+History = dict[bytes, list[tuple[int, bytes | None]]]
+
+
+def model_state(h: History, rev: int) -> dict[bytes, tuple[bytes, int, int, int]]:
+    """key -> (value, create, mod, version) as of rev."""
+    out = {}
+    for key, events in h.items():
+        create = version = 0
+        state = None
+        for r, value in events:
+            if r > rev:
+                break
+            if value is None:
+                create = version = 0
+                state = None
+            else:
+                if version == 0:
+                    create = r
+                version += 1
+                state = (value, create, r, version)
+        if state is not None:
+            out[key] = state
+    return out
+
+
+class MVCCMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.storage = MemoryStorage()
+        self.engine = Engine(self.storage)
+        self.history: History = {}
+        self.rev = 1
+        self.compacted = 0
+
+    def _record(self, key: bytes, value: bytes | None, rev: int) -> None:
+        self.history.setdefault(key, []).append((rev, value))
+
+    def _alive(self, key: bytes) -> bool:
+        return key in model_state(self.history, self.rev)
+
+    @rule(key=KEYS, value=VALUES)
+    def put(self, key: bytes, value: bytes) -> None:
+        resp = self.engine.write(pb.PutRequest(key=key, value=value, prev_kv=True))
+        prev = model_state(self.history, self.rev).get(key)
+        self.rev += 1
+        self._record(key, value, self.rev)
+        assert resp.header.revision == self.rev
+        assert resp.HasField("prev_kv") == (prev is not None)
+        if prev is not None:
+            assert resp.prev_kv.value == prev[0]
+
+    @rule(key=KEYS, end=st.sampled_from([b"", b"c", b"\0"]))
+    def delete(self, key: bytes, end: bytes) -> None:
+        if end and end != b"\0" and end <= key:
+            end = b""
+        state = model_state(self.history, self.rev)
+        doomed = [
+            k for k in sorted(state) if (k == key if not end else (k >= key and (end == b"\0" or k < end)))
+        ]
+        resp = self.engine.write(pb.DeleteRangeRequest(key=key, range_end=end))
+        assert resp.deleted == len(doomed)
+        if doomed:
+            self.rev += 1
+            for k in doomed:
+                self._record(k, None, self.rev)
+        assert resp.header.revision == self.rev
+
+    @rule(key=KEYS, expect=VALUES, a=KEYS, b=KEYS, value=VALUES)
+    def txn(self, key: bytes, expect: bytes, a: bytes, b: bytes, value: bytes) -> None:
+        state = model_state(self.history, self.rev)
+        ok = key in state and state[key][0] == expect
+        req = pb.TxnRequest(
+            compare=[pb.Compare(key=key, target=pb.Compare.VALUE, result=pb.Compare.EQUAL, value=expect)],
+            success=[
+                pb.RequestOp(request_put=pb.PutRequest(key=a, value=value)),
+                pb.RequestOp(request_range=pb.RangeRequest(key=a)),
+            ],
+            failure=[pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=b))],
+        )
+        resp = self.engine.write(req)
+        assert resp.succeeded == ok
+        if ok:
+            self.rev += 1
+            self._record(a, value, self.rev)
+            inner = resp.responses[1].response_range
+            assert [kv.value for kv in inner.kvs] == [value]  # a txn reads its own writes
+        elif b in state:
+            self.rev += 1
+            self._record(b, None, self.rev)
+        assert resp.header.revision == self.rev
+
+    @rule(data=st.data())
+    def compact(self, data: st.DataObject) -> None:
+        target = data.draw(st.integers(min_value=1, max_value=self.rev))
+        if target <= self.compacted:
+            try:
+                self.engine.write(pb.CompactionRequest(revision=target))
+            except errors.Compacted:
+                return
+            raise AssertionError("compacting at or below the compacted revision must fail")
+        self.engine.write(pb.CompactionRequest(revision=target))
+        self.compacted = target
+
+    @precondition(lambda self: self.rev > 1)
+    @rule()
+    def restart(self) -> None:
+        self.engine = self.engine.reopen()
+        assert self.engine.store.committed_rev == self.rev
+
+    @invariant()
+    def reads_match_model(self) -> None:
+        store = self.engine.store
+        assert store.committed_rev == self.rev
+        for rev in range(max(self.compacted, 1), self.rev + 1):
+            want = model_state(self.history, rev)
+            rr = pb.RangeRequest(key=b"\0", range_end=b"\0", revision=rev)
+            got = range_at(store, rr, store.check_rev(rev))
+            assert got.count == len(want)
+            assert [
+                (kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version) for kv in got.kvs
+            ] == [(k, *want[k]) for k in sorted(want)]
+        if self.compacted > 1:
+            with pytest.raises(errors.Compacted):
+                store.check_rev(self.compacted - 1)
+        with pytest.raises(errors.FutureRevision):
+            store.check_rev(self.rev + 1)
+
+
+MVCCMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
+test_mvcc_matches_model = MVCCMachine.TestCase
