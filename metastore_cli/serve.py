@@ -112,6 +112,12 @@ def serve(
         help="Seconds a graceful stop may take [30].",
         env="METASTORE_SHUTDOWN_TIMEOUT",
     ),
+    watch_progress_notify_interval: float = _opt(
+        None,
+        "--watch-progress-notify-interval",
+        help="Seconds between progress notifications to idle progress_notify watchers [600].",
+        env="METASTORE_WATCH_PROGRESS_NOTIFY_INTERVAL",
+    ),
     log_level: str = _opt(
         None, "--log-level", help="debug, info, warning or error [info].", env="METASTORE_LOG_LEVEL"
     ),
@@ -134,6 +140,7 @@ def serve(
         "enable_crc": enable_crc,
         "fsync": None if unsafe_no_fsync is None else not unsafe_no_fsync,
         "shutdown_timeout_s": shutdown_timeout,
+        "watch_progress_notify_interval_s": watch_progress_notify_interval,
         "log_level": log_level,
     }
     config = load_config(config_file, overrides)

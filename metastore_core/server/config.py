@@ -31,6 +31,11 @@ class Config:
     max_connections: int = 10_000
     connection_timeout_s: float = 10.0
     shutdown_timeout_s: float = 30.0
+    # Watch: etcd sends progress notifications every 10 minutes; the two bounds are
+    # engine/watch.py's slow-consumer policy (per-watcher buffer, victim lag limit).
+    watch_progress_notify_interval_s: float = 600.0
+    watch_buffer_events: int = 1024
+    watch_max_lag_revisions: int = 100_000
     log_level: str = "info"
 
     @property

@@ -8,11 +8,13 @@ from typing import Any
 
 from google.protobuf.descriptor import ServiceDescriptor
 
+from metastore_core.engine.watch import WatchLimits
 from metastore_core.pb.etcdserverpb import rpc_pb2
 from metastore_core.server.cluster import ClusterService
 from metastore_core.server.kv import KVService
 from metastore_core.server.maintenance import MaintenanceService
 from metastore_core.server.node import Node
+from metastore_core.server.watch import WatchService
 
 
 @dataclass
@@ -30,8 +32,18 @@ class Service:
 
 def build_services(node: Node) -> list[Service]:
     etcd = rpc_pb2.DESCRIPTOR.services_by_name
+    cfg = node.config
+    watch = WatchService(
+        node,
+        WatchLimits(
+            buffer_events=cfg.watch_buffer_events,
+            max_lag_revisions=cfg.watch_max_lag_revisions,
+            fragment_bytes=cfg.max_request_bytes,
+        ),
+    )
     return [
         Service(etcd["KV"], KVService(node), (rpc_pb2,)),
         Service(etcd["Maintenance"], MaintenanceService(node), (rpc_pb2,)),
         Service(etcd["Cluster"], ClusterService(node), (rpc_pb2,)),
+        Service(etcd["Watch"], watch, (rpc_pb2,), tasks=[watch.progress_loop], close=watch.close),
     ]

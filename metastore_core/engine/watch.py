@@ -1,0 +1,506 @@
+"""etcd's Watch stream protocol, sans-IO: requests and events in, responses out.
+
+A `WatchHub` holds every watcher of the node, indexed by key and range, and is
+fed by the commit path (`on_events`, after each durable batch). A
+`WatchSession` is one Watch stream: `receive(request)` answers creates, cancels
+and progress requests at once; `take()` hands out what the stream should send
+next (live events, catch-up from the store, progress notices, server cancels).
+The gRPC adapter only runs the receive and send loops around these calls.
+
+Rules (etcd 3.4/3.5 behaviour unless noted):
+1.  Every create gets `created` in request order, before any event of that
+    watcher. IDs are per stream from 0; a client-chosen id (non-zero) is
+    honoured; an id in use is refused with watch_id -1 and etcd's reason.
+2.  Cancel answers `{watch_id, canceled}`; an unknown id gets no reply.
+3.  start_revision 0 means "from the next revision"; one in the past replays
+    the store's history first (catch-up, several revisions per response, header
+    revision = current); one below the compaction point ends the watcher with
+    `{canceled, compact_revision}` and header revision 0; one in the future
+    waits for it.
+4.  Live events: one response per watcher per revision, header revision = that
+    revision; the events of one revision are never split (unless the watcher
+    asked for `fragment` and the response is larger than the request limit).
+5.  A progress request is answered with watch_id -1 and the newest revision R
+    such that every event up to R has already been handed out on this stream
+    (the current revision when all watchers are in sync, as fixed etcd does).
+    `progress_tick()` sends `{watch_id, header rev}` to idle progress_notify
+    watchers that are in sync.
+
+Slow consumers (etcd's unsynced/victim watchers, made per watcher here):
+    A synced watcher buffers live responses up to `buffer_events` events. When
+    a revision does not fit, the watcher stops taking live events and becomes a
+    *victim*: it keeps what it buffered, and once the stream has drained that
+    it replays the missed revisions from the store, like a watcher with a past
+    start_revision, until it is in sync again. Memory per watcher is bounded by
+    the buffer whatever the consumer does. A victim that falls more than
+    `max_lag_revisions` revisions behind the store is cancelled with
+    `cancel_reason` = SLOW_REASON (after the responses it already buffered, so
+    a client resumes from its last revision + 1 with nothing missing). If the
+    history it needs is compacted meanwhile, it is cancelled as compacted.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from itertools import groupby
+
+from metastore_core.mvcc.store import MVCCStore
+from metastore_core.pb.etcdserverpb import rpc_pb2 as pb
+from metastore_core.pb.mvccpb.kv_pb2 import Event
+
+PUT = Event.PUT
+DELETE = Event.DELETE
+NOPUT = pb.WatchCreateRequest.NOPUT
+NODELETE = pb.WatchCreateRequest.NODELETE
+
+DUPLICATE_ID_REASON = "mvcc: duplicate watch ID provided on the WatchStream"
+EMPTY_RANGE_REASON = "mvcc: watcher range is empty"
+SLOW_REASON = "metastore: watcher too slow: fell more than {limit} revisions behind the store"
+
+HeaderFiller = Callable[[pb.ResponseHeader, int], None]
+
+
+@dataclass(frozen=True)
+class WatchLimits:
+    """Bounds of the watch fan-out (see the module doc, 'Slow consumers')."""
+
+    buffer_events: int = 1024  # live events buffered per watcher before it turns victim
+    max_lag_revisions: int = 100_000  # a victim further behind than this is cancelled
+    catchup_revisions: int = 1000  # revisions per catch-up response (etcd: watchBatchMaxRevs)
+    catchup_bytes: int = 1 << 20  # a catch-up response stops at a revision boundary past this
+    fragment_bytes: int = 1536 * 1024  # split point for fragment=true (etcd: --max-request-bytes)
+
+
+def in_range(key: bytes, start: bytes, end: bytes) -> bool:
+    """Is key inside a watcher's range (end b'' = single key, b'\\0' = from start on)?"""
+    if not end:
+        return key == start
+    if end == b"\0":
+        return key >= start
+    return start <= key < end
+
+
+def fragments(resp: pb.WatchResponse, limit: int) -> list[pb.WatchResponse]:
+    """Split resp into pieces of at most about limit bytes; all but the last have fragment set."""
+    if len(resp.events) < 2 or resp.ByteSize() < limit:
+        return [resp]
+    pieces: list[pb.WatchResponse] = []
+    base = pb.WatchResponse(header=resp.header, watch_id=resp.watch_id)
+    overhead = base.ByteSize() + 8
+    cur = pb.WatchResponse()
+    cur.CopyFrom(base)
+    size = overhead
+    for ev in resp.events:
+        ev_size = ev.ByteSize() + 6
+        if len(cur.events) and size + ev_size > limit:
+            cur.fragment = True
+            pieces.append(cur)
+            cur = pb.WatchResponse()
+            cur.CopyFrom(base)
+            size = overhead
+        cur.events.append(ev)
+        size += ev_size
+    pieces.append(cur)
+    return pieces
+
+
+class Watcher:
+    """One watcher: its range and options, and where it is in the revision stream."""
+
+    __slots__ = (
+        "buffer",
+        "buffered_events",
+        "closing",
+        "end",
+        "fragment",
+        "id",
+        "key",
+        "next_rev",
+        "nodelete",
+        "noput",
+        "prev_kv",
+        "progress_notify",
+        "sent_since_tick",
+        "session",
+        "synced",
+        "victim",
+    )
+
+    def __init__(self, session: WatchSession, wid: int, req: pb.WatchCreateRequest, next_rev: int) -> None:
+        self.session = session
+        self.id = wid
+        self.key = req.key or b"\0"
+        self.end = req.range_end
+        self.prev_kv = req.prev_kv
+        self.noput = NOPUT in req.filters
+        self.nodelete = NODELETE in req.filters
+        self.progress_notify = req.progress_notify
+        self.fragment = req.fragment
+        self.next_rev = next_rev  # first revision not yet buffered or handed out
+        self.synced = True  # takes live events (False: catching up from the store)
+        self.victim = False  # fell out of sync because its buffer was full
+        self.closing = False  # cancelled by the server; drains its buffer, then goes
+        self.sent_since_tick = False
+        # (first revision inside, events counted, response); responses handed out in order
+        self.buffer: deque[tuple[int, int, pb.WatchResponse]] = deque()
+        self.buffered_events = 0
+
+    @property
+    def single_key(self) -> bool:
+        return not self.end
+
+    def matches(self, key: bytes) -> bool:
+        return in_range(key, self.key, self.end)
+
+    def wants(self, ev: Event) -> bool:
+        return not ((ev.type == PUT and self.noput) or (ev.type == DELETE and self.nodelete))
+
+
+class WatchHub:
+    """Every watcher of the node, indexed by key and range, fed by the commit path."""
+
+    def __init__(self, store: MVCCStore, header: HeaderFiller, limits: WatchLimits | None = None) -> None:
+        self.store = store
+        self.header = header
+        self.limits = limits or WatchLimits()
+        self.sessions: set[WatchSession] = set()
+        self._by_key: dict[bytes, set[Watcher]] = {}
+        self._ranges: set[Watcher] = set()
+        # Figures for stats and tests.
+        self.victims_total = 0
+        self.slow_cancels_total = 0
+        self.events_total = 0
+
+    # ------------------------------------------------------------ sessions
+    def open(self) -> WatchSession:
+        """A new session (one Watch stream)."""
+        s = WatchSession(self)
+        self.sessions.add(s)
+        return s
+
+    def close(self, session: WatchSession) -> None:
+        """Forget a stream and all its watchers (client gone, or shutdown)."""
+        for w in list(session.watchers.values()):
+            self._remove(w)
+        session.watchers.clear()
+        session._ready.clear()
+        self.sessions.discard(session)
+
+    @property
+    def watcher_count(self) -> int:
+        return sum(len(s.watchers) for s in self.sessions)
+
+    def _add(self, w: Watcher) -> None:
+        if w.single_key:
+            self._by_key.setdefault(w.key, set()).add(w)
+        else:
+            self._ranges.add(w)
+
+    def _remove(self, w: Watcher) -> None:
+        if w.single_key:
+            group = self._by_key.get(w.key)
+            if group is not None:
+                group.discard(w)
+                if not group:
+                    del self._by_key[w.key]
+        else:
+            self._ranges.discard(w)
+
+    # ------------------------------------------------------------ fan-out
+    def on_events(self, rev: int, events: list[Event]) -> None:
+        """A durable batch (events in revision order); rev is its newest revision."""
+        woken: set[WatchSession] = set()
+        for main, group in groupby(events, key=lambda ev: ev.kv.mod_revision):
+            evs = list(group)
+            self.events_total += len(evs)
+            self._publish(main, evs, woken)
+        for s in woken:
+            s.wake()
+
+    def _publish(self, rev: int, events: list[Event], woken: set[WatchSession]) -> None:
+        matched: dict[Watcher, list[Event]] = {}
+        by_key, ranges = self._by_key, self._ranges
+        for ev in events:
+            key = ev.kv.key
+            group = by_key.get(key)
+            if group:
+                for w in group:
+                    matched.setdefault(w, []).append(ev)
+            for w in ranges:
+                if w.matches(key):
+                    matched.setdefault(w, []).append(ev)
+        if not matched:
+            return
+        header = pb.ResponseHeader()
+        self.header(header, rev)
+        variants: dict[tuple[bool, bool, bool], list[Event]] = {}
+        prev_cache: dict[bytes, Event] = {}
+        limit = self.limits.buffer_events
+        for w, evs in matched.items():
+            if w.closing or rev < w.next_rev:
+                continue
+            if not w.synced:
+                if w.victim and rev - w.next_rev + 1 > self.limits.max_lag_revisions:
+                    w.session._too_slow(w, rev)
+                    woken.add(w.session)
+                continue
+            if len(evs) == len(events):  # the whole revision: share one prepared list
+                vkey = (w.prev_kv, w.noput, w.nodelete)
+                out = variants.get(vkey)
+                if out is None:
+                    out = variants[vkey] = self._prepare(w, evs, prev_cache)
+            else:
+                out = self._prepare(w, evs, prev_cache)
+            w.next_rev = rev + 1
+            if not out:
+                continue
+            if w.buffered_events and w.buffered_events + len(out) > limit:
+                self._make_victim(w, rev)
+                woken.add(w.session)
+                continue
+            resp = pb.WatchResponse(header=header, watch_id=w.id, events=out)
+            w.buffer.append((rev, len(out), resp))
+            w.buffered_events += len(out)
+            w.session._ready[w] = None
+            woken.add(w.session)
+
+    def _prepare(self, w: Watcher, evs: list[Event], prev_cache: dict[bytes, Event]) -> list[Event]:
+        """The events w gets: filtered, with prev_kv filled when asked."""
+        out = [ev for ev in evs if w.wants(ev)] if (w.noput or w.nodelete) else evs
+        if w.prev_kv:
+            out = [self._with_prev(ev, prev_cache) for ev in out]
+        return out
+
+    def _with_prev(self, ev: Event, cache: dict[bytes, Event] | None = None) -> Event:
+        key = ev.kv.key
+        if cache is not None and key in cache:
+            return cache[key]
+        prev = self.store.get(key, ev.kv.mod_revision - 1)
+        full = Event(type=ev.type, kv=ev.kv, prev_kv=prev) if prev is not None else ev
+        if cache is not None:
+            cache[key] = full
+        return full
+
+    def _make_victim(self, w: Watcher, rev: int) -> None:
+        """w's buffer is full: stop live delivery; it catches up from the store from rev."""
+        w.synced = False
+        w.victim = True
+        w.next_rev = rev
+        self.victims_total += 1
+        w.session._ready[w] = None
+
+    # ------------------------------------------------------------ progress
+    def progress_tick(self) -> None:
+        """Periodic progress notices for idle, in-sync progress_notify watchers."""
+        for s in list(self.sessions):
+            if s.progress_tick():
+                s.wake()
+
+    def wake_all(self) -> None:
+        for s in list(self.sessions):
+            s.wake()
+
+
+def _noop() -> None:
+    pass
+
+
+class WatchSession:
+    """One Watch stream: requests in, responses out (see the module doc)."""
+
+    def __init__(self, hub: WatchHub) -> None:
+        self.hub = hub
+        self.store = hub.store
+        self.watchers: dict[int, Watcher] = {}
+        self._next_id = 0
+        # Watchers with something to hand out (buffer or catch-up), in arrival order.
+        self._ready: dict[Watcher, None] = {}
+        self.wake: Callable[[], None] = _noop  # set by the adapter: "take() has work"
+
+    # ------------------------------------------------------------ requests
+    def receive(self, req: pb.WatchRequest) -> list[pb.WatchResponse]:
+        """Handle one request; returns the replies to send before anything take() gives later."""
+        kind = req.WhichOneof("request_union")
+        if kind == "create_request":
+            return self._create(req.create_request)
+        if kind == "cancel_request":
+            return self._cancel(req.cancel_request.watch_id)
+        if kind == "progress_request":
+            resp = pb.WatchResponse(watch_id=-1)
+            self.hub.header(resp.header, self.progress_rev())
+            return [resp]
+        return []
+
+    def _create(self, req: pb.WatchCreateRequest) -> list[pb.WatchResponse]:
+        store = self.store
+        current = store.committed_rev
+        refused = None
+        if req.watch_id != 0 and req.watch_id in self.watchers:
+            refused = DUPLICATE_ID_REASON
+        elif req.range_end not in (b"", b"\0") and (req.key or b"\0") >= req.range_end:
+            refused = EMPTY_RANGE_REASON
+        if refused is not None:
+            resp = pb.WatchResponse(watch_id=-1, created=True, canceled=True, cancel_reason=refused)
+            self.hub.header(resp.header, current)
+            return [resp]
+        if req.watch_id != 0:
+            wid = req.watch_id
+        else:
+            while self._next_id in self.watchers:
+                self._next_id += 1
+            wid = self._next_id
+            self._next_id += 1
+        start = req.start_revision if req.start_revision > 0 else current + 1
+        w = Watcher(self, wid, req, start)
+        created = pb.WatchResponse(watch_id=wid, created=True)
+        self.hub.header(created.header, current)
+        if start < store.compact_rev:
+            return [created, self._compacted(wid)]
+        self.watchers[wid] = w
+        self.hub._add(w)
+        if start <= current:
+            w.synced = False
+            self._ready[w] = None
+        return [created]
+
+    def _compacted(self, wid: int) -> pb.WatchResponse:
+        resp = pb.WatchResponse(watch_id=wid, canceled=True, compact_revision=self.store.compact_rev)
+        self.hub.header(resp.header, 0)
+        return resp
+
+    def _cancel(self, wid: int) -> list[pb.WatchResponse]:
+        w = self.watchers.pop(wid, None)
+        if w is None:
+            return []
+        self._drop(w)
+        resp = pb.WatchResponse(watch_id=wid, canceled=True)
+        self.hub.header(resp.header, self.store.committed_rev)
+        return [resp]
+
+    def _drop(self, w: Watcher) -> None:
+        self.hub._remove(w)
+        self._ready.pop(w, None)
+        w.buffer.clear()
+        w.buffered_events = 0
+        w.closing = True
+
+    def progress_rev(self) -> int:
+        """Newest revision R such that every event up to R was already handed out here."""
+        rev = self.store.committed_rev
+        for w in self.watchers.values():
+            if w.buffer:
+                rev = min(rev, w.buffer[0][0] - 1)
+            elif not w.synced:
+                rev = min(rev, w.next_rev - 1)
+        return rev
+
+    def progress_tick(self) -> bool:
+        """Queue a progress notice for idle, synced progress_notify watchers; True if any."""
+        queued = False
+        rev = self.store.committed_rev
+        for w in self.watchers.values():
+            if w.progress_notify and w.synced and not w.buffer and not w.sent_since_tick and not w.closing:
+                resp = pb.WatchResponse(watch_id=w.id)
+                self.hub.header(resp.header, rev)
+                w.buffer.append((rev + 1, 0, resp))
+                self._ready[w] = None
+                queued = True
+            w.sent_since_tick = False
+        return queued
+
+    # ------------------------------------------------------------ output
+    @property
+    def has_output(self) -> bool:
+        return bool(self._ready)
+
+    def take(self, max_responses: int = 256) -> list[pb.WatchResponse]:
+        """The next responses to send, oldest first per watcher; [] when there is nothing to do."""
+        out: list[pb.WatchResponse] = []
+        limits = self.hub.limits
+        for w in list(self._ready):
+            if len(out) >= max_responses:
+                break
+            if not w.buffer and not w.synced and not w.closing:
+                self._catch_up(w)
+            while w.buffer and len(out) < max_responses:
+                _, n, resp = w.buffer.popleft()
+                w.buffered_events -= n
+                if n:
+                    w.sent_since_tick = True
+                if w.fragment:
+                    out.extend(fragments(resp, limits.fragment_bytes))
+                else:
+                    out.append(resp)
+            if w.buffer:
+                continue
+            if w.closing:
+                self._ready.pop(w, None)
+                if self.watchers.get(w.id) is w:
+                    del self.watchers[w.id]
+            elif w.synced:
+                self._ready.pop(w, None)
+        return out
+
+    def _catch_up(self, w: Watcher) -> None:
+        """Queue one catch-up response for w from the store (or end it: compacted, too slow)."""
+        hub, store, limits = self.hub, self.store, self.hub.limits
+        current = store.committed_rev
+        if w.next_rev < store.compact_rev:
+            self._end(w, self._compacted(w.id))
+            return
+        if w.victim and current - w.next_rev + 1 > limits.max_lag_revisions:
+            self._too_slow(w, current)
+            return
+        while w.next_rev <= current:
+            stop = min(current, w.next_rev + limits.catchup_revisions - 1)
+            events, last = self._scan(w, w.next_rev, stop, limits.catchup_bytes)
+            w.next_rev = last + 1
+            if events:
+                resp = pb.WatchResponse(watch_id=w.id, events=events)
+                hub.header(resp.header, current)
+                w.buffer.append((events[0].kv.mod_revision, len(events), resp))
+                w.buffered_events += len(events)
+                return
+        w.synced = True
+        w.victim = False
+
+    def _scan(self, w: Watcher, lo: int, hi: int, max_bytes: int) -> tuple[list[Event], int]:
+        """w's events in revisions lo..hi, stopping at a revision boundary past max_bytes."""
+        out: list[Event] = []
+        size = 0
+        last = hi
+        for main, group in _by_revision(self.store.history(lo, hi)):
+            if size >= max_bytes:
+                last = main - 1
+                break
+            for ev in group:
+                if w.matches(ev.kv.key) and w.wants(ev):
+                    if w.prev_kv:
+                        ev = self.hub._with_prev(ev)
+                    out.append(ev)
+                    size += ev.ByteSize()
+        return out, last
+
+    def _too_slow(self, w: Watcher, current: int) -> None:
+        self.hub.slow_cancels_total += 1
+        resp = pb.WatchResponse(
+            watch_id=w.id,
+            canceled=True,
+            cancel_reason=SLOW_REASON.format(limit=self.hub.limits.max_lag_revisions),
+        )
+        self.hub.header(resp.header, current)
+        self._end(w, resp)
+
+    def _end(self, w: Watcher, final: pb.WatchResponse) -> None:
+        """Server-side cancel: w takes no more events; final goes out after its buffer."""
+        self.hub._remove(w)
+        w.closing = True
+        w.synced = False
+        w.buffer.append((w.next_rev, 0, final))
+        self._ready[w] = None
+
+
+def _by_revision(events: Iterable[Event]) -> Iterator[tuple[int, Iterator[Event]]]:
+    return groupby(events, key=lambda ev: ev.kv.mod_revision)
