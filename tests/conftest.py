@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -167,10 +168,38 @@ def etcdctl(
     )
 
 
+def run_client(code: str, endpoint: str, timeout: float = 60) -> str:
+    """Run Python client code in its own process; `ENDPOINT` is bound to endpoint.
+
+    The etcd client libraries (aetcd, etcd3) register etcd's proto names in
+    protobuf's default pool, as our generated code does, so they cannot share
+    a process with metastore_core. Fails the test with the client's stderr.
+    """
+    prelude = f"ENDPOINT = {endpoint!r}\nHOST, PORT = ENDPOINT.rsplit(':', 1)\nPORT = int(PORT)\n"
+    r = subprocess.run(
+        [sys.executable, "-c", prelude + textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ, PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION="python"),
+    )
+    if r.returncode != 0:
+        pytest.fail(f"client failed ({r.returncode}):\n{r.stderr[-3000:]}")
+    return r.stdout
+
+
 @pytest.fixture
 def metastore(tmp_path: Path) -> Iterator[Proc]:
     """A fresh `metastore serve` on LevelDB in a temp data dir."""
     p = start_metastore(tmp_path / "data")
+    yield p
+    p.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_metastore(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
+    """One `metastore serve` for a whole test module (for tests that leave no state behind)."""
+    p = start_metastore(tmp_path_factory.mktemp("shared") / "data")
     yield p
     p.stop()
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from enginekit import Engine
 
 from metastore_core import errors
 from metastore_core.engine.ranges import range_at
@@ -13,6 +12,8 @@ from metastore_core.pb.etcdserverpb import rpc_pb2 as pb
 from metastore_core.storage import layout as L
 from metastore_core.storage.leveldb import LevelDBStorage
 from metastore_core.storage.memory import MemoryStorage
+
+from enginekit import Engine
 
 
 def put(e: Engine, k: bytes, v: bytes = b"v", lease: int = 0) -> pb.PutResponse:

@@ -7,7 +7,6 @@ every revision still readable, including count and the per-key revisions.
 from __future__ import annotations
 
 import pytest
-from enginekit import Engine
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -16,6 +15,8 @@ from metastore_core import errors
 from metastore_core.engine.ranges import range_at
 from metastore_core.pb.etcdserverpb import rpc_pb2 as pb
 from metastore_core.storage.memory import MemoryStorage
+
+from enginekit import Engine
 
 KEYS = st.sampled_from([b"a", b"b", b"c", b"d"])
 VALUES = st.binary(min_size=0, max_size=3)
