@@ -61,6 +61,7 @@ class Applier:
             pb.CompactionRequest: self.compact,
             pb.LeaseGrantRequest: self.lease_grant,
             pb.LeaseRevokeRequest: self.lease_revoke,
+            pb.LeaseCheckpointRequest: self.lease_checkpoint,
         }
 
     def apply(self, command: Any) -> Any:
@@ -226,4 +227,12 @@ class Applier:
                 txn.delete(key, h)
         resp = pb.LeaseRevokeResponse()
         resp.header.revision = txn.rev if txn.changed else self.store.applied_rev
+        return resp
+
+    def lease_checkpoint(self, r: pb.LeaseCheckpointRequest) -> pb.LeaseCheckpointResponse:
+        """Record remaining TTLs (0 clears one); leases revoked meanwhile are skipped."""
+        for cp in r.checkpoints:
+            self.lessor.set_checkpoint(cp.ID, cp.remaining_TTL)
+        resp = pb.LeaseCheckpointResponse()
+        resp.header.revision = self.store.applied_rev
         return resp
