@@ -94,6 +94,18 @@ def serve(
         help="Store size that raises the NOSPACE alarm [2147483648].",
         env="METASTORE_QUOTA_BACKEND_BYTES",
     ),
+    auto_compaction_mode: str = _opt(
+        None,
+        "--auto-compaction-mode",
+        help="periodic (keep a time window of history) or revision (keep N revisions) [periodic].",
+        env="METASTORE_AUTO_COMPACTION_MODE",
+    ),
+    auto_compaction_retention: str = _opt(
+        None,
+        "--auto-compaction-retention",
+        help="History to keep: a duration (1h, 30m; a bare number is hours) or revisions; 0 = off [0].",
+        env="METASTORE_AUTO_COMPACTION_RETENTION",
+    ),
     enable_crc: bool = _opt(
         None,
         "--enable-crc/--no-enable-crc",
@@ -137,6 +149,8 @@ def serve(
         "max_request_bytes": max_request_bytes,
         "max_value_bytes": max_value_bytes,
         "quota_backend_bytes": quota_backend_bytes,
+        "auto_compaction_mode": auto_compaction_mode,
+        "auto_compaction_retention": auto_compaction_retention,
         "enable_crc": enable_crc,
         "fsync": None if unsafe_no_fsync is None else not unsafe_no_fsync,
         "shutdown_timeout_s": shutdown_timeout,

@@ -111,6 +111,10 @@ class Index:
         else:
             yield from self._sorted.irange(key, end, inclusive=(True, False))
 
+    def keys_after(self, key: bytes) -> Iterator[bytes]:
+        """Keys strictly after key, ascending (b"" gives every key); do not mutate while iterating."""
+        return iter(self._sorted.irange(key, None, inclusive=(False, False)))
+
     def histories(self, key: bytes, end: bytes) -> Iterator[tuple[bytes, KeyHistory]]:
         m = self._map
         for k in self.keys(key, end):

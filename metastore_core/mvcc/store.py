@@ -70,6 +70,8 @@ class MVCCStore:
         self._staged = _Staged()
         self.staged_seq = 0
         self.durable_seq = 0
+        self._compact_target = 0
+        self._compact_cursor: bytes | None = None  # next compaction chunk starts after this key
 
     # ---------------------------------------------------------------- load
     def load(self) -> None:
@@ -106,6 +108,7 @@ class MVCCStore:
         self.index = Index()
         self._overlay.clear()
         self._staged = _Staged()
+        self._compact_cursor = None
         top = 1
         start, stop = L.rev_range(0, 1 << 63)
         for skey, record in s.scan(start, stop):
@@ -118,12 +121,20 @@ class MVCCStore:
             else:
                 h.create, h.version, h.lease = kv.create_revision, kv.version, kv.lease
             top = main
-        self.applied_rev = self.committed_rev = max(top, self.compact_rev, 1)
+        # A finished chunk of a compaction may have dropped the newest record (a tombstone at
+        # the compacted revision), so the scheduled revision also bounds the current one.
+        self.applied_rev = self.committed_rev = max(top, self.compact_rev, scheduled, 1)
         self.staged_seq = self.durable_seq = 0
         if scheduled > self.compact_rev:
             # A compaction was asked for but not finished before a stop: finish it.
             self.compact_rev = 0
             self.compact(scheduled)
+            while self.compact_pending:  # at start-up nothing waits: finish in one go
+                self.compact_step(1 << 62)
+            d = self.drain()
+            if d is not None:
+                s.write(d.batch, sync=True)
+                self.mark_durable(d)
 
     # ---------------------------------------------------------------- reads
     def check_rev(self, rev: int) -> int:
@@ -207,25 +218,70 @@ class MVCCStore:
         self.durable_seq = d.seq
 
     # ---------------------------------------------------------------- compaction
+    # Compaction is split in two so a big one never stalls requests: `compact`
+    # moves compact_rev at once (reads below it fail from then on) and
+    # schedules the physical part; `compact_step` walks the index a chunk of
+    # keys at a time, dropping history and staging the deletes, resuming after
+    # the last key it did. Reads at or above compact_rev give the same answer
+    # whether a key's old history is dropped yet or not, and writes only add
+    # entries newer than compact_rev, so chunks may interleave with requests.
+    # With incremental_compaction off (the unit-test engine), compact finishes
+    # the walk before it returns.
+    incremental_compaction = False
+
     def compact(self, rev: int) -> int:
-        """Drop history below rev (etcd semantics); returns the number of revisions removed."""
+        """Drop history below rev (etcd semantics); returns revisions removed so far."""
         if rev <= self.compact_rev:
             raise errors.Compacted()
         if rev > self.committed_rev:
             raise errors.FutureRevision()
         self.compact_rev = rev
         self.stage(L.META_SCHEDULED_COMPACT_REV, L.u64(rev))
+        self._compact_target = rev
+        self._compact_cursor = b""  # (re)start: keys already done need the new target too
         dropped = 0
+        if not self.incremental_compaction:
+            while self.compact_pending:
+                dropped += self.compact_step(1 << 62)
+        return dropped
+
+    @property
+    def compact_pending(self) -> bool:
+        """True while a compaction's physical part is not finished."""
+        return self._compact_cursor is not None
+
+    def compact_step(self, budget: int = 10_000) -> int:
+        """Compact about `budget` index entries' worth of keys; returns revisions dropped."""
+        cursor = self._compact_cursor
+        if cursor is None:
+            return 0
+        rev = self._compact_target
+        dropped = work = 0
+        last: bytes | None = None
         gone: list[bytes] = []
-        for k, h in self.index.all():
-            for e in h.compact(rev):
+        for k in self.index.keys_after(cursor):
+            h = self.index.get(k)
+            last = k
+            if h is None:
+                continue
+            old = h.compact(rev)
+            for e in old:
                 self.stage(L.rev_key(entry_main(e), entry_sub(e), is_tombstone(e)), None)
-                dropped += 1
+            dropped += len(old)
             if not h.entries:
                 gone.append(k)
+            work += 1 + len(old)
+            if work >= budget:
+                break
+        else:
+            last = None  # walked to the end
         for k in gone:
             self.index.remove(k)
-        self.stage(L.META_COMPACT_REV, L.u64(rev))
+        if last is None:
+            self._compact_cursor = None
+            self.stage(L.META_COMPACT_REV, L.u64(rev))
+        else:
+            self._compact_cursor = last
         return dropped
 
 

@@ -24,6 +24,9 @@ class Config:
     max_key_bytes: int = 1536
     max_value_bytes: int = 1 << 20
     quota_backend_bytes: int = 2 << 30
+    # etcd's auto-compaction: periodic (retention a duration, bare number = hours) or revision
+    auto_compaction_mode: str = "periodic"
+    auto_compaction_retention: str = "0"  # "0" = off
     enable_crc: bool = False
     fsync: bool = True  # off only for throwaway benchmarks: acknowledged writes may be lost on power loss
     # gRPC transport

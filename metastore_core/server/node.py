@@ -13,7 +13,9 @@ from metastore_core.engine.ranges import range_at
 from metastore_core.mvcc.store import MVCCStore
 from metastore_core.pb.etcdserverpb import rpc_pb2 as pb
 from metastore_core.server.committer import Committer
+from metastore_core.server.compactor import Compactor
 from metastore_core.server.config import Config
+from metastore_core.server.quota import StorageRecovery, WriteGuard
 from metastore_core.storage import Storage
 
 ETCD_API_VERSION = "3.5.0"  # the etcd API level we speak; clients switch features on it
@@ -33,6 +35,11 @@ class Node:
         self.applier = Applier(self.store, self.lessor, self.clock)
         self.committer = Committer(self.store, sync=config.fsync)
         self.started = time.time()
+        # Maintenance: quota/alarm checks before writes, background compaction, I/O failure recovery.
+        self.store.incremental_compaction = True
+        self.guard = WriteGuard(self)
+        self.compactor = Compactor(self)
+        self.recovery = StorageRecovery(self)
 
     def load(self) -> None:
         """Rebuild every in-memory structure from storage."""
@@ -60,10 +67,15 @@ class Node:
 
     async def write(self, command: Any) -> Any:
         """Apply one write command and answer once it is durable."""
+        await self.guard.check(command)
         if self.committer.failed is not None:
             raise errors.Unavailable(f"etcdserver: storage failed: {self.committer.failed}")
         resp = self.applier.apply(command)
         await self.committer.flush()
+        if isinstance(command, pb.CompactionRequest):
+            self.compactor.kick()
+            if command.physical:
+                await self.compactor.wait()
         self.header(resp.header)
         return resp
 

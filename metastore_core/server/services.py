@@ -41,9 +41,16 @@ def build_services(node: Node) -> list[Service]:
             fragment_bytes=cfg.max_request_bytes,
         ),
     )
+    maintenance = MaintenanceService(node)
     return [
         Service(etcd["KV"], KVService(node), (rpc_pb2,)),
-        Service(etcd["Maintenance"], MaintenanceService(node), (rpc_pb2,)),
+        Service(
+            etcd["Maintenance"],
+            maintenance,
+            (rpc_pb2,),
+            tasks=[maintenance.auto_compaction],
+            close=maintenance.close,
+        ),
         Service(etcd["Cluster"], ClusterService(node), (rpc_pb2,)),
         Service(etcd["Watch"], watch, (rpc_pb2,), tasks=[watch.progress_loop], close=watch.close),
     ]

@@ -42,8 +42,13 @@ class LevelDBStorage:
 
     def __init__(self, path: Path, *, cache_bytes: int = 64 << 20) -> None:
         self.path = path
+        self._cache_bytes = cache_bytes
+        self._db = self._open()
+
+    def _open(self) -> Any:
+        path, cache_bytes = self.path, self._cache_bytes
         try:
-            self._db = plyvel.DB(
+            return plyvel.DB(
                 str(path),
                 create_if_missing=True,
                 paranoid_checks=True,
@@ -62,6 +67,14 @@ class LevelDBStorage:
     def scan(self, start: bytes, stop: bytes, *, reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
         try:
             with self._db.iterator(start=start, stop=stop, reverse=reverse) as it:
+                yield from it
+        except plyvel.Error as exc:
+            raise StorageError(str(exc)) from exc
+
+    def scrub_scan(self, start: bytes, stop: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """Like scan, but LevelDB verifies every block checksum and the cache is left alone."""
+        try:
+            with self._db.iterator(start=start, stop=stop, verify_checksums=True, fill_cache=False) as it:
                 yield from it
         except plyvel.Error as exc:
             raise StorageError(str(exc)) from exc
@@ -97,3 +110,19 @@ class LevelDBStorage:
     def close(self) -> None:
         if not self._db.closed:
             self._db.close()
+
+    def reopen(self) -> None:
+        """Close and open the DB again: after a write error (disk full, EIO) LevelDB refuses
+        every later write on the same handle, and only a new handle recovers."""
+        self.close()
+        self._db = self._open()
+
+    def size_in_use(self) -> int:
+        """LevelDB's estimate of table bytes holding keys, plus the write-ahead log(s)."""
+        tables = int(self._db.approximate_size(b"", b"\xff"))
+        logs = 0
+        with os.scandir(self.path) as entries:
+            for entry in entries:
+                if entry.name.endswith(".log") and entry.name != "LOG" and entry.is_file():
+                    logs += entry.stat().st_size
+        return tables + logs

@@ -1,0 +1,403 @@
+"""The metastore snapshot file: a versioned, self-describing, checksummed dump of one store.
+
+Layout (all integers big-endian):
+
+    offset 0   header
+               magic        8 bytes   b"MSTSNAP\\n"
+               version      u16       FORMAT_VERSION (1)
+               fields_len   u16       bytes of fixed fields that follow (a later version may add more)
+               fields       revision u64, compact_revision u64, consistent_index u64,
+                            cluster_id u64, member_id u64, raft_term u64, created_unix_ms u64,
+                            record_crc u8 (1 when stored values carry our CRC32 framing)
+               header_crc   u32       CRC32 (IEEE) of every header byte before it
+    then       records, each: tag u8 (1), key_len u32, value_len u32, key, value, crc u32
+               (CRC32 of the record's bytes before the crc); raw storage pairs, in key order
+    then       end record: tag u8 (0xFF), count u64, records_bytes u64, crc u32
+    then       zero padding up to a multiple of 512 bytes
+    last       32 bytes: SHA-256 of every byte before it
+
+So a file is always 512*n + 32 bytes: exactly what `etcdctl snapshot save` demands of the
+Maintenance/Snapshot stream (blobs, then a final SHA-256 message). Records carry the store's
+own keys (layout.py) except identity/format meta, which the header holds, and alarms, which
+a restore does not inherit. No I/O framework here: plain functions over a StorageView.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import shutil
+import struct
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from metastore_core.storage import layout as L
+from metastore_core.storage.base import StorageView
+from metastore_core.storage.datadir import DataDir
+from metastore_core.storage.leveldb import LevelDBStorage
+
+MAGIC = b"MSTSNAP\n"
+FORMAT_VERSION = 1
+BLOCK = 512
+TRAILER = 32
+TAG_ENTRY = 1
+TAG_END = 0xFF
+MAX_KEY = 1 << 16  # a sanity bound for verify: no storage key is this long
+MAX_VALUE = 1 << 30
+
+_PRE = struct.Struct(">8sHH")
+_FIELDS = struct.Struct(">QQQQQQQB")
+_U32 = struct.Struct(">I")
+_REC = struct.Struct(">BII")
+_END = struct.Struct(">BQQ")
+HEADER_LEN = _PRE.size + _FIELDS.size + _U32.size
+
+# Meta keys the header carries (or a restore rewrites): never copied as records.
+_HEADER_META = {
+    L.META_FORMAT,
+    L.META_CRC,
+    L.META_CLUSTER_ID,
+    L.META_MEMBER_ID,
+    L.META_RAFT_TERM,
+    L.META_CONSISTENT_INDEX,
+    L.META_COMPACT_REV,
+    L.META_SCHEDULED_COMPACT_REV,
+}
+
+
+class SnapshotError(Exception):
+    """A snapshot file is damaged or not a snapshot; offset is where the fault was found."""
+
+    def __init__(self, message: str, offset: int) -> None:
+        super().__init__(f"{message} (at byte offset {offset})")
+        self.offset = offset
+        self.reason = message
+
+
+@dataclass(frozen=True)
+class Header:
+    """What a snapshot says about itself."""
+
+    revision: int
+    compact_revision: int
+    consistent_index: int
+    cluster_id: int
+    member_id: int
+    raft_term: int
+    created_unix_ms: int
+    record_crc: bool
+    version: int = FORMAT_VERSION
+
+    def encode(self) -> bytes:
+        body = _PRE.pack(MAGIC, self.version, _FIELDS.size) + _FIELDS.pack(
+            self.revision,
+            self.compact_revision,
+            self.consistent_index,
+            self.cluster_id,
+            self.member_id,
+            self.raft_term,
+            self.created_unix_ms,
+            int(self.record_crc),
+        )
+        return body + _U32.pack(zlib.crc32(body))
+
+
+def _u64(view: StorageView, key: bytes) -> int:
+    raw = view.get(key)
+    return L.parse_u64(raw) if raw else 0
+
+
+def _entries(view: StorageView) -> Iterator[tuple[bytes, bytes]]:
+    for key, value in view.scan(b"", b"\xff"):
+        if key.startswith(L.ALARM_PREFIX) or key in _HEADER_META:
+            continue
+        yield key, value
+
+
+def _record(key: bytes, value: bytes) -> bytes:
+    body = _REC.pack(TAG_ENTRY, len(key), len(value)) + key + value
+    return body + _U32.pack(zlib.crc32(body))
+
+
+def _end(count: int, nbytes: int) -> bytes:
+    body = _END.pack(TAG_END, count, nbytes)
+    return body + _U32.pack(zlib.crc32(body))
+
+
+def _pad(n: int) -> int:
+    return (-n) % BLOCK
+
+
+@dataclass
+class Plan:
+    """The first pass over a view: the header and the exact size of the body."""
+
+    header: Header
+    body_size: int  # everything but the 32-byte trailer
+
+
+def plan(view: StorageView) -> Plan:
+    """Walk the view once: the header (revision from the data itself) and the body size."""
+    top = 0
+    size = HEADER_LEN
+    rev_start, rev_stop = L.rev_range(0, 1 << 63)
+    for key, value in _entries(view):
+        size += _REC.size + len(key) + len(value) + _U32.size
+        if rev_start <= key < rev_stop:
+            top = max(top, L.parse_rev_key(key)[0])
+    size += _END.size + _U32.size
+    size += _pad(size)
+    compact = max(_u64(view, L.META_COMPACT_REV), _u64(view, L.META_SCHEDULED_COMPACT_REV))
+    header = Header(
+        revision=max(top, compact, 1),
+        compact_revision=compact,
+        consistent_index=_u64(view, L.META_CONSISTENT_INDEX),
+        cluster_id=_u64(view, L.META_CLUSTER_ID),
+        member_id=_u64(view, L.META_MEMBER_ID),
+        raft_term=_u64(view, L.META_RAFT_TERM) or 1,
+        created_unix_ms=int(time.time() * 1000),
+        record_crc=view.get(L.META_CRC) == L.CRC_IEEE,
+    )
+    return Plan(header, size)
+
+
+def encode(view: StorageView, p: Plan, chunk: int = 32 * 1024) -> Iterator[bytes]:
+    """The body of the snapshot (no trailer) in blobs of `chunk` bytes (the last may be shorter).
+
+    The caller appends the SHA-256 of the concatenated blobs; `write` does that for files.
+    The view must be the one `plan` walked, so the sizes match (checked).
+    """
+    buf = bytearray(p.header.encode())
+    count = nbytes = 0
+    codec = L.RecordCodec(p.header.record_crc)
+    rev_start, rev_stop = L.rev_range(0, 1 << 63)
+    for key, value in _entries(view):
+        if rev_start <= key < rev_stop:
+            codec.decode(value, key)  # never copy a record that fails its own CRC
+        rec = _record(key, value)
+        count += 1
+        nbytes += len(rec)
+        buf += rec
+        if len(buf) >= chunk:
+            while len(buf) >= chunk:
+                out = bytes(buf[:chunk])
+                del buf[:chunk]
+                yield out
+    buf += _end(count, nbytes)
+    size = HEADER_LEN + nbytes + _END.size + _U32.size
+    buf += bytes(_pad(size))
+    size += _pad(size)
+    if size != p.body_size:
+        raise RuntimeError(f"snapshot body changed between passes ({size} != {p.body_size} bytes)")
+    while buf:
+        out = bytes(buf[:chunk])
+        del buf[:chunk]
+        yield out
+
+
+def write(view: StorageView, out: BinaryIO) -> Header:
+    """Write a complete snapshot file (body and trailer) of view to out."""
+    p = plan(view)
+    digest = hashlib.sha256()
+    for blob in encode(view, p):
+        digest.update(blob)
+        out.write(blob)
+    out.write(digest.digest())
+    return p.header
+
+
+# ------------------------------------------------------------------ reading
+
+
+@dataclass
+class Summary:
+    """What verify found in a valid snapshot."""
+
+    header: Header
+    records: int
+    size: int
+    sha256: str
+
+
+class _Reader:
+    """Reads a snapshot stream sequentially, hashing every byte and tracking the offset."""
+
+    def __init__(self, src: BinaryIO) -> None:
+        self.src = src
+        self.offset = 0
+        self.sha = hashlib.sha256()
+
+    def read(self, n: int, what: str) -> bytes:
+        data = self.src.read(n)
+        if len(data) != n:
+            raise SnapshotError(f"truncated: {what} needs {n} bytes, {len(data)} left", self.offset)
+        self.sha.update(data)
+        self.offset += n
+        return data
+
+
+def _read_header(r: _Reader) -> Header:
+    magic, version, fields_len = _PRE.unpack(r.read(_PRE.size, "header"))
+    if magic != MAGIC:
+        raise SnapshotError("not a metastore snapshot (bad magic)", 0)
+    if version != FORMAT_VERSION:
+        raise SnapshotError(f"unsupported snapshot format version {version}", 8)
+    if fields_len != _FIELDS.size:
+        raise SnapshotError(f"header field length {fields_len}, want {_FIELDS.size}", 10)
+    fields = r.read(fields_len, "header fields")
+    at = r.offset
+    (crc,) = _U32.unpack(r.read(_U32.size, "header CRC"))
+    if crc != zlib.crc32(_PRE.pack(magic, version, fields_len) + fields):
+        raise SnapshotError("header CRC mismatch", at)
+    rev, compact, index, cluster, member, term, created, rcrc = _FIELDS.unpack(fields)
+    if rcrc not in (0, 1):
+        raise SnapshotError(f"bad record_crc flag {rcrc}", at - 1)
+    return Header(rev, compact, index, cluster, member, term, created, bool(rcrc), version)
+
+
+def read(src: BinaryIO) -> Iterator[Header | tuple[bytes, bytes]]:
+    """Yield the header, then every (key, value) record, checking everything on the way.
+
+    Raises SnapshotError at the first fault; the trailer is checked after the last record, so a
+    consumer must not commit what it read until the iteration has finished.
+    """
+    r = _Reader(src)
+    header = _read_header(r)
+    yield header
+    count = nbytes = 0
+    while True:
+        at = r.offset
+        tag = r.read(1, "record tag")[0]
+        if tag == TAG_END:
+            rest = r.read(_END.size - 1 + _U32.size, "end record")
+            body = bytes([tag]) + rest[:-4]
+            if _U32.unpack(rest[-4:])[0] != zlib.crc32(body):
+                raise SnapshotError("end record CRC mismatch", at)
+            _, want_count, want_bytes = _END.unpack(body)
+            if (want_count, want_bytes) != (count, nbytes):
+                raise SnapshotError(
+                    f"end record says {want_count} records / {want_bytes} bytes, read {count} / {nbytes}",
+                    at,
+                )
+            break
+        if tag != TAG_ENTRY:
+            raise SnapshotError(f"unknown record tag {tag:#x}", at)
+        klen, vlen = struct.unpack(">II", r.read(8, "record lengths"))
+        if klen == 0 or klen > MAX_KEY or vlen > MAX_VALUE:
+            raise SnapshotError(f"implausible record lengths key={klen} value={vlen}", at)
+        kv = r.read(klen + vlen, "record data")
+        crc_at = r.offset
+        (crc,) = _U32.unpack(r.read(4, "record CRC"))
+        if crc != zlib.crc32(_REC.pack(tag, klen, vlen) + kv):
+            raise SnapshotError(f"record {count} CRC mismatch", crc_at)
+        count += 1
+        nbytes += _REC.size + klen + vlen + 4
+        yield kv[:klen], kv[klen:]
+    pad_at = r.offset
+    pad = r.read(_pad(r.offset), "padding")
+    if pad.strip(b"\0"):
+        raise SnapshotError("non-zero padding", pad_at + len(pad) - len(pad.lstrip(b"\0")))
+    want = r.sha.digest()
+    at = r.offset
+    trailer = src.read(TRAILER)
+    if len(trailer) != TRAILER:
+        raise SnapshotError(f"truncated: SHA-256 trailer needs 32 bytes, {len(trailer)} left", at)
+    if trailer != want:
+        raise SnapshotError("SHA-256 trailer mismatch", at)
+    if src.read(1):
+        raise SnapshotError("data after the SHA-256 trailer", at + TRAILER)
+
+
+def verify(src: BinaryIO) -> Summary:
+    """Check structure, every CRC and the trailer of a file; raises SnapshotError at the first fault."""
+    header: Header | None = None
+    records = 0
+    for item in read(src):
+        if isinstance(item, Header):
+            header = item
+        else:
+            records += 1
+    assert header is not None
+    size = src.tell()
+    src.seek(size - TRAILER)
+    return Summary(header, records, size, src.read(TRAILER).hex())
+
+
+# ------------------------------------------------------------------ restoring
+
+
+def restore(
+    path: str | os.PathLike[str], data_dir: str | os.PathLike[str], *, member_id: int | None = None
+) -> Header:
+    """Verify the snapshot at path, then build a new LevelDB data dir from it.
+
+    Refuses a data dir that exists and is not empty. The restored member gets a new random
+    member ID unless member_id is given; the cluster ID, revisions, compaction and leases come
+    from the snapshot. Alarms are not restored. A compaction the snapshot carried unfinished
+    records for is finished by the daemon's start-up.
+    """
+    src_path = Path(path)
+    target = Path(data_dir)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise FileExistsError(f"data dir {target} exists and is not empty: refusing to restore into it")
+    with open(src_path, "rb") as f:
+        verify(f)
+    dd = DataDir(target)
+    dd.acquire()
+    storage: LevelDBStorage | None = None
+    try:
+        storage = LevelDBStorage(dd.db_path)
+        batch: list[tuple[bytes, bytes | None]] = []
+        header: Header | None = None
+        with open(src_path, "rb") as f:
+            for item in read(f):
+                if isinstance(item, Header):
+                    header = item
+                    continue
+                batch.append(item)
+                if len(batch) >= 4096:
+                    storage.write(batch, sync=False)
+                    batch = []
+        assert header is not None
+        new_member = member_id if member_id is not None else secrets.randbits(63) | 1
+        batch += [
+            (L.META_FORMAT, L.FORMAT_VERSION),
+            (L.META_CRC, L.CRC_IEEE if header.record_crc else L.CRC_NONE),
+            (L.META_CLUSTER_ID, L.u64(header.cluster_id)),
+            (L.META_MEMBER_ID, L.u64(new_member)),
+            (L.META_RAFT_TERM, L.u64(header.raft_term)),
+            (L.META_CONSISTENT_INDEX, L.u64(header.consistent_index)),
+            (L.META_COMPACT_REV, L.u64(0)),
+            (L.META_SCHEDULED_COMPACT_REV, L.u64(header.compact_revision)),
+        ]
+        storage.write(batch, sync=True)
+        storage.close()
+        storage = None
+        fd = os.open(target, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return Header(
+            header.revision,
+            header.compact_revision,
+            header.consistent_index,
+            header.cluster_id,
+            new_member,
+            header.raft_term,
+            header.created_unix_ms,
+            header.record_crc,
+            header.version,
+        )
+    except BaseException:
+        if storage is not None:
+            storage.close()
+        shutil.rmtree(dd.db_path, ignore_errors=True)
+        raise
+    finally:
+        dd.release()
