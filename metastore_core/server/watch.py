@@ -71,9 +71,10 @@ class WatchService:
                 if session.has_output:
                     await asyncio.sleep(0)  # catch-up found nothing yet: let others run
                     continue
-                if reader.done():
-                    reader.result()  # re-raise a malformed request; EOF ends the call with OK
-                    break
+                if reader.done() and not reader.cancelled() and reader.exception() is not None:
+                    reader.result()  # a malformed request ends the call with its status
+                # After the client half-closes, etcd keeps the call open and its watchers
+                # delivering until the client cancels; so do we.
                 wake.clear()
                 await wake.wait()
         finally:
