@@ -1,0 +1,1 @@
+"""Benchmarks: metastore side by side with etcd and a do-nothing floor (`python -m benchmarks.run`)."""

@@ -1,0 +1,40 @@
+"""What the harness reads about a server process from /proc (Linux only)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of every thread of pid, in seconds."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        raw = f.read()
+    fields = raw[raw.rindex(b")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def status_kib(pid: int, name: str) -> int:
+    """A 'kB' line of /proc/<pid>/status, e.g. VmHWM (peak RSS) or VmRSS."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(name + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def dir_bytes(path: str) -> int:
+    """Apparent size of every file under path."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):  # LevelDB/etcd may delete files meanwhile
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
+
+
+def loadavg() -> str:
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])

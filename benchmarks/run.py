@@ -1,0 +1,540 @@
+"""metastore vs etcd vs the floor, side by side, in one command.
+
+    python -m benchmarks.run            # full run: 3 repeats, ~15 min on 2 cores
+    python -m benchmarks.run --quick    # smoke: 1 repeat, short windows, 2k-key load
+
+Starts a fresh etcd (loopback, temp data dir), a fresh metastore (LevelDB, fsync on) and the
+floor servicers (benchmarks/floor_server.py), then runs every workload against each of them
+with the same load client (a separate process, benchmarks/client.py), interleaved: for each
+workload and concurrency, repeat r runs all targets in a rotated order, so drift in machine
+load spreads over all of them. Prints medians, min-max, ratios, server CPU per operation (from
+/proc/<pid>/stat) and peak RSS (VmHWM); writes JSON and Markdown to benchmarks/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import select
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks import procfs
+from benchmarks.servers import ROOT, Target, clean_env, export_rev
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+# (workload, concurrencies): 8-byte keys, 256-byte values.
+WORKLOADS: list[tuple[str, list[int]]] = [
+    ("put", [1, 64, 256]),
+    ("put-same", [1, 64]),
+    ("get", [1, 64]),
+    ("get-serializable", [1, 64]),
+    ("range-100", [1, 64]),
+    ("txn-cas", [1, 64]),
+    ("delete", [1, 64]),
+    ("watch", [1, 64]),
+    ("lease", [1, 64]),
+]
+WHAT = {
+    "put": "Put of a new key",
+    "put-same": "Put of one key, over and over",
+    "get": "Range of one key, linearizable",
+    "get-serializable": "Range of one key, serializable",
+    "range-100": "Range over a 100-key prefix",
+    "txn-cas": "Txn: value compare, then put (each slot its own key, always succeeds)",
+    "delete": "DeleteRange of one existing key",
+    "watch": "64 watch streams on one key; ops = events delivered; c = puts in flight",
+    "lease": "LeaseGrant + one LeaseKeepAlive round trip + LeaseRevoke (one op = the cycle)",
+}
+TARGETS = {
+    "etcd": ("etcd", []),
+    "metastore": ("metastore", []),
+    "floor": ("floor", ["--shape", "threads", "--workers", "2"]),
+    "floor-aio": ("floor", ["--shape", "aio"]),
+}
+DEFAULT_TARGETS = ["etcd", "metastore", "floor", "floor-aio"]
+
+
+@dataclass
+class Settings:
+    repeats: int
+    warmup: float
+    duration: float
+    load_keys: int
+    channels: int
+
+
+class Client:
+    """The load-client child process (benchmarks/client.py), one JSON line per command."""
+
+    def __init__(self, uvloop: bool) -> None:
+        args = [sys.executable, "-m", "benchmarks.client", *(["--uvloop"] if uvloop else [])]
+        self.proc = subprocess.Popen(
+            args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT, env=clean_env()
+        )
+
+    def ask(self, cmd: dict[str, Any], timeout: float) -> dict[str, Any]:
+        p = self.proc
+        assert p.stdin is not None and p.stdout is not None
+        p.stdin.write((json.dumps(cmd) + "\n").encode())
+        p.stdin.flush()
+        ready, _, _ = select.select([p.stdout], [], [], timeout)
+        if not ready:
+            raise TimeoutError(f"client gave no answer in {timeout:.0f}s to {cmd['workload']}")
+        line = p.stdout.readline()
+        if not line:
+            raise RuntimeError(f"client exited with {p.wait()}")
+        out: dict[str, Any] = json.loads(line)
+        return out
+
+    def close(self) -> None:
+        p = self.proc
+        if p.poll() is None:
+            try:
+                assert p.stdin is not None
+                p.stdin.write(b'{"op": "quit"}\n')
+                p.stdin.flush()
+                p.wait(10)
+            except (OSError, subprocess.TimeoutExpired):
+                p.kill()
+                p.wait()
+
+
+def delete_pool(c: int, s: Settings) -> int:
+    """Keys to preload for the delete workload: more than the fastest server deletes in the run."""
+    per_s = 2500 if c == 1 else 14000
+    return max(500, int(per_s * (s.warmup + s.duration)))
+
+
+def run_matrix(
+    client: Client, targets: list[Target], s: Settings, selected: list[tuple[str, int]], log: Any
+) -> list[dict[str, Any]]:
+    seq = 0
+    rows: list[dict[str, Any]] = []
+    for name, c in selected:
+        runs: dict[str, list[dict[str, Any]]] = {t.name: [] for t in targets}
+        skipped: dict[str, str] = {}
+        for rep in range(s.repeats):
+            order = targets[rep % len(targets) :] + targets[: rep % len(targets)]
+            for t in order:
+                if t.name in skipped:
+                    continue
+                seq += 1
+                cmd = {
+                    "workload": name,
+                    "concurrency": c,
+                    "endpoint": t.endpoint,
+                    "server_pid": t.pid,
+                    "warmup": s.warmup,
+                    "duration": s.duration,
+                    "channels": s.channels,
+                    "seq": seq,
+                    "pool": delete_pool(c, s),
+                }
+                out = client.ask(cmd, timeout=s.warmup + s.duration + 180)
+                if "skipped" in out:
+                    skipped[t.name] = out["skipped"]
+                    log(f"  {name:17} c={c:<3} {t.name:10} skipped: {out['skipped']}")
+                    continue
+                if "error" in out:
+                    skipped[t.name] = "failed: " + out["error"]
+                    log(f"  {name:17} c={c:<3} {t.name:10} FAILED: {out['error']}")
+                    continue
+                runs[t.name].append(out)
+                cpu_us = out["server_cpu_s"] / out["ops"] * 1e6 if out["ops"] else 0.0
+                busy = out["client_cpu_s"] / out["seconds"] * 100 if out["seconds"] else 0.0
+                err = f" errors={out['errors']} ({out['first_error']})" if out["errors"] else ""
+                log(
+                    f"  {name:17} c={c:<3} {t.name:10} {out['rate']:9.0f} ops/s  p50 {out['p50_ms']:6.2f} ms"
+                    f"  p99 {out['p99_ms']:6.2f} ms  cpu {cpu_us:6.0f} us/op  client {busy:3.0f}% cpu{err}"
+                )
+        rows.append(summarize(name, c, runs, skipped))
+    return rows
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def summarize(
+    name: str, c: int, runs: dict[str, list[dict[str, Any]]], skipped: dict[str, str]
+) -> dict[str, Any]:
+    row: dict[str, Any] = {"workload": name, "concurrency": c, "targets": {}}
+    for tname, rs in runs.items():
+        if tname in skipped or not rs:
+            row["targets"][tname] = {"skipped": skipped.get(tname, "no runs")}
+            continue
+        row["targets"][tname] = {
+            "rate": _stats([r["rate"] for r in rs]),
+            "p50_ms": _stats([r["p50_ms"] for r in rs]),
+            "p99_ms": _stats([r["p99_ms"] for r in rs]),
+            "server_cpu_us": _stats([r["server_cpu_s"] / r["ops"] * 1e6 for r in rs if r["ops"]] or [0.0]),
+            "client_cpu_us": _stats([r["client_cpu_s"] / r["ops"] * 1e6 for r in rs if r["ops"]] or [0.0]),
+            "errors": sum(r["errors"] for r in rs),
+            "runs": rs,
+        }
+    return row
+
+
+def load_and_restart(client: Client, t: Target, keys: int, log: Any) -> dict[str, Any]:
+    """Put `keys` new keys at 256 in flight, then RSS, disk size, and time to restart."""
+    cmd = {
+        "workload": "load",
+        "concurrency": 256,
+        "endpoint": t.endpoint,
+        "server_pid": t.pid,
+        "warmup": 0.0,
+        "duration": 3600.0,
+        "channels": 4,
+        "seq": 0,
+        "pool": keys,
+    }
+    out = client.ask(cmd, timeout=900)
+    if "error" in out:
+        return {"error": out["error"]}
+    res: dict[str, Any] = {
+        "keys": keys,
+        "load_rate": out["rate"],
+        "load_errors": out["errors"],
+        "rss_mib": procfs.status_kib(t.pid, "VmRSS") / 1024,
+        "peak_rss_mib": procfs.status_kib(t.pid, "VmHWM") / 1024,
+    }
+    t.stop()
+    assert t.data_dir is not None
+    res["disk_mib"] = procfs.dir_bytes(str(t.data_dir)) / 2**20
+    res["restart_s"] = t.start()
+    res["rss_after_restart_mib"] = procfs.status_kib(t.pid, "VmRSS") / 1024
+    log(
+        f"  load {keys} keys {t.name:10} {res['load_rate']:7.0f} puts/s  RSS {res['rss_mib']:6.1f} MiB"
+        f"  disk {res['disk_mib']:6.1f} MiB  restart {res['restart_s']:.2f} s"
+        f"  RSS after restart {res['rss_after_restart_mib']:6.1f} MiB"
+    )
+    return res
+
+
+# ---------------------------------------------------------------- report
+def _fmt_rate(st: dict[str, float]) -> str:
+    return f"{st['median']:,.0f} ({st['min']:,.0f}-{st['max']:,.0f})"
+
+
+def _ratio(a: dict[str, Any], b: dict[str, Any], key: str = "rate") -> str:
+    if "skipped" in a or "skipped" in b:
+        return "-"
+    bm = b[key]["median"]
+    return f"{a[key]['median'] / bm:.2f}" if bm else "-"
+
+
+def floor_for(row: dict[str, Any]) -> dict[str, Any]:
+    """The best floor that ran this workload (the thread pool serves KV only)."""
+    ts = row["targets"]
+    cands = [ts[n] for n in ("floor", "floor-aio") if n in ts and "skipped" not in ts[n]]
+    if not cands:
+        return {"skipped": "no floor"}
+    return max(cands, key=lambda t: t["rate"]["median"])
+
+
+def markdown(result: dict[str, Any]) -> str:
+    meta = result["meta"]
+    names = meta["targets"]
+    lines = [
+        f"### Benchmarks, {meta['date']} — {meta['machine']}",
+        "",
+        f"`{meta['command']}` · {meta['repeats']} repeat(s) x {meta['duration']} s windows "
+        f"(+{meta['warmup']} s warm-up) · load average before {meta['load_before']}, after "
+        f"{meta['load_after']} · etcd {meta['etcd_version']} · metastore {meta['git']} · "
+        f"client: {meta['client']}",
+        "",
+        "Throughput, ops/s: median (min-max). ms/etcd and ms/floor are ratios of medians "
+        "(higher is better for metastore); floor = the faster of the thread-pool (2 workers) and "
+        "grpc.aio floor servicers that served the workload.",
+        "",
+        "| workload | c | " + " | ".join(names) + " | ms/etcd | ms/floor |",
+        "|---|---:|" + "---:|" * len(names) + "---:|---:|",
+    ]
+    for row in result["rows"]:
+        ts = row["targets"]
+        cells = []
+        for n in names:
+            t = ts.get(n, {"skipped": "not run"})
+            cells.append("-" if "skipped" in t else _fmt_rate(t["rate"]))
+        ms = ts.get("metastore", {"skipped": ""})
+        et = ts.get("etcd", {"skipped": ""})
+        lines.append(
+            f"| {row['workload']} | {row['concurrency']} | "
+            + " | ".join(cells)
+            + f" | {_ratio(ms, et)} | {_ratio(ms, floor_for(row))} |"
+        )
+    lines += [
+        "",
+        "Server CPU per operation, µs (median; from /proc/<pid>/stat utime+stime over the window), "
+        "latency p50/p99 in ms, and the client's own CPU per op (one Python process). "
+        "cpu ms/floor is metastore's CPU per op over the floor's (target ≤ 1.25).",
+        "",
+        "| workload | c | "
+        + " | ".join(f"{n} µs/op" for n in names)
+        + " | cpu ms/floor | "
+        + " | ".join(f"{n} p50/p99 ms" for n in names)
+        + " | client µs/op |",
+        "|---|---:|" + "---:|" * (2 * len(names) + 2),
+    ]
+    for row in result["rows"]:
+        ts = row["targets"]
+        cpu, lat = [], []
+        client_cpu = []
+        for n in names:
+            t = ts.get(n, {"skipped": ""})
+            if "skipped" in t:
+                cpu.append("-")
+                lat.append("-")
+                continue
+            cpu.append(f"{t['server_cpu_us']['median']:.0f}")
+            lat.append(f"{t['p50_ms']['median']:.2f} / {t['p99_ms']['median']:.2f}")
+            client_cpu.append(f"{t['client_cpu_us']['median']:.0f}")
+        ms = ts.get("metastore", {"skipped": ""})
+        fl = floor_for(row)
+        cpu_ratio = "-"
+        if "skipped" not in ms and "skipped" not in fl and fl["server_cpu_us"]["median"]:
+            cpu_ratio = f"{ms['server_cpu_us']['median'] / fl['server_cpu_us']['median']:.2f}"
+        lines.append(
+            f"| {row['workload']} | {row['concurrency']} | "
+            + " | ".join(cpu)
+            + f" | {cpu_ratio} | "
+            + " | ".join(lat)
+            + f" | {'/'.join(client_cpu) or '-'} |"
+        )
+    for n in names:
+        t_meta = meta["peak_rss_mib"].get(n)
+        if t_meta is not None:
+            lines.append("")
+            break
+    lines.append(
+        "Peak RSS over the run (VmHWM, MiB): "
+        + ", ".join(f"{n} {v:.0f}" for n, v in meta["peak_rss_mib"].items())
+        + "."
+    )
+    if result.get("skips"):
+        lines += ["", "Skipped: " + "; ".join(result["skips"]) + "."]
+    load = result.get("load")
+    if load:
+        lines += [
+            "",
+            f"Load {load['keys']:,} new keys (Put, 256 in flight), then stop (SIGTERM) and restart:",
+            "",
+            "| server | load puts/s | RSS after load MiB | peak RSS MiB | on disk MiB | restart s "
+            "(spawn → first Range) | RSS after restart MiB |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for n, r in load["servers"].items():
+            if "error" in r:
+                lines.append(f"| {n} | failed: {r['error']} | | | | | |")
+                continue
+            lines.append(
+                f"| {n} | {r['load_rate']:,.0f} | {r['rss_mib']:.0f} | {r['peak_rss_mib']:.0f} | "
+                f"{r['disk_mib']:.1f} | {r['restart_s']:.2f} | {r['rss_after_restart_mib']:.0f} |"
+            )
+    lines += ["", f"Reliability layer on vs off: {result['reliability']}"]
+    lines += ["", "Workloads: " + "; ".join(f"**{k}** {v}" for k, v in WHAT.items()) + "."]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- main
+def machine() -> str:
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    system = f"{platform.system()} {platform.machine()}"
+    return f"{os.cpu_count()} cores {model}, {system}, Python {platform.python_version()}"
+
+
+def etcd_version() -> str:
+    exe = shutil.which("etcd")
+    if not exe:
+        return "missing"
+    try:
+        out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    for line in out.splitlines():
+        if line.startswith("etcd Version:"):
+            return line.split(":", 1)[1].strip()
+    return "?"
+
+
+def git_rev() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+
+
+def git_dirty() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--", "metastore_core", "metastore_cli"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=10,
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return " (with uncommitted changes)" if out.strip() else ""
+
+
+def select_workloads(spec: str | None) -> list[tuple[str, int]]:
+    """All (workload, c) pairs, or those named: 'put,get' or 'put@64,get@1'."""
+    pairs = [(n, c) for n, cs in WORKLOADS for c in cs]
+    if not spec:
+        return pairs
+    out = []
+    for item in spec.split(","):
+        name, _, conc = item.strip().partition("@")
+        if name not in WHAT:
+            raise SystemExit(f"unknown workload {name!r}; known: {', '.join(WHAT)}")
+        out += [(n, c) for n, c in pairs if n == name and (not conc or c == int(conc))]
+        if conc and int(conc) not in dict(WORKLOADS)[name]:
+            out.append((name, int(conc)))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="1 repeat, short windows, small load (smoke)")
+    ap.add_argument("--repeats", type=int, help="runs per workload and target [3]")
+    ap.add_argument("--duration", type=float, help="measured seconds per run [2.0]")
+    ap.add_argument("--warmup", type=float, help="warm-up seconds per run [0.5]")
+    ap.add_argument(
+        "--targets", default=",".join(DEFAULT_TARGETS), help="comma list of " + ", ".join(TARGETS)
+    )
+    ap.add_argument("--workloads", help="comma list, e.g. put,get@64 [all]")
+    ap.add_argument("--load-keys", type=int, help="keys for the load/restart test [100000]; 0 skips it")
+    ap.add_argument(
+        "--metastore-rev",
+        help="run metastore from this git revision (exported to the temp dir) instead of the working tree",
+    )
+    ap.add_argument("--metastore-arg", action="append", default=[], help="extra `metastore serve` flag")
+    ap.add_argument("--channels", type=int, default=4, help="client channels (TCP connections) [4]")
+    ap.add_argument("--uvloop-client", action="store_true", help="run the load client on uvloop")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="where to write latest.json/latest.md")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (data dirs, server logs)")
+    a = ap.parse_args(argv)
+    s = Settings(
+        repeats=a.repeats or (1 if a.quick else 3),
+        warmup=a.warmup if a.warmup is not None else (0.2 if a.quick else 0.5),
+        duration=a.duration or (0.5 if a.quick else 2.0),
+        load_keys=a.load_keys if a.load_keys is not None else (2000 if a.quick else 100_000),
+        channels=a.channels,
+    )
+    names = [n.strip() for n in a.targets.split(",") if n.strip()]
+    for n in names:
+        if n not in TARGETS:
+            raise SystemExit(f"unknown target {n!r}; known: {', '.join(TARGETS)}")
+    if "etcd" in names and not shutil.which("etcd"):
+        raise SystemExit(
+            "etcd not found on PATH (Debian: apt-get install etcd-server), or drop it with --targets"
+        )
+    selected = select_workloads(a.workloads)
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    work = Path(tempfile.mkdtemp(prefix="metastore-bench-"))
+    targets: list[Target] = []
+    client: Client | None = None
+    load_before = procfs.loadavg()
+    log(f"bench: workdir {work}; load average {load_before}")
+    metastore_src, metastore_label = ROOT, f"{git_rev()} working tree{git_dirty()}"
+    try:
+        if a.metastore_rev:
+            metastore_src = work / "src"
+            metastore_label = export_rev(a.metastore_rev, metastore_src)
+        for n in names:
+            kind, extra = TARGETS[n]
+            extra = extra + (a.metastore_arg if kind == "metastore" else [])
+            src = metastore_src if kind == "metastore" else ROOT
+            t = Target(n, kind, work, extra, src=src)
+            t.start()
+            targets.append(t)
+            log(f"bench: {n} pid {t.pid} on {t.endpoint}")
+        client = Client(a.uvloop_client)
+        rows = run_matrix(client, targets, s, selected, log)
+        peak = {t.name: procfs.status_kib(t.pid, "VmHWM") / 1024 for t in targets}
+        load: dict[str, Any] | None = None
+        if s.load_keys:
+            load = {"keys": s.load_keys, "servers": {}}
+            for t in list(targets):
+                if t.kind in ("etcd", "metastore"):
+                    # A fresh server each: the matrix above left data behind.
+                    t.stop()
+                    fresh = Target(t.name, t.kind, work, t.extra, data_dir=work / f"{t.name}-load", src=t.src)
+                    fresh.start()
+                    targets.append(fresh)
+                    load["servers"][t.name] = load_and_restart(client, fresh, s.load_keys, log)
+    finally:
+        if client is not None:
+            client.close()
+        for t in targets:
+            t.stop()
+        if not a.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    skips = sorted(
+        {
+            f"{row['workload']} on {n}: {t['skipped']}"
+            for row in rows
+            for n, t in row["targets"].items()
+            if "skipped" in t
+        }
+    )
+    cmd = "python -m benchmarks.run" + (" " + " ".join(sys.argv[1:]) if argv is None and sys.argv[1:] else "")
+    result = {
+        "meta": {
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "machine": machine(),
+            "command": cmd,
+            "repeats": s.repeats,
+            "duration": s.duration,
+            "warmup": s.warmup,
+            "load_before": load_before,
+            "load_after": procfs.loadavg(),
+            "etcd_version": etcd_version(),
+            "git": metastore_label,
+            "targets": names,
+            "client": f"1 process, grpc.aio{' on uvloop' if a.uvloop_client else ''}, "
+            f"{s.channels} channels, pre-serialized requests",
+            "peak_rss_mib": peak,
+        },
+        "rows": rows,
+        "skips": skips,
+        "load": load,
+        "reliability": "TODO: no flag to turn the reliability layer off exists yet "
+        "(measure with --metastore-arg once it does)",
+    }
+    md = markdown(result)
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / "latest.json").write_text(json.dumps(result, indent=1) + "\n")
+    (a.out / "latest.md").write_text(md)
+    print(md)
+    log(f"bench: wrote {a.out / 'latest.json'} and {a.out / 'latest.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

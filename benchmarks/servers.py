@@ -1,0 +1,165 @@
+"""Start and stop the servers under test: etcd, metastore and the floor, on free loopback ports."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from metastore_core.pb.etcdserverpb import rpc_pb2, rpc_pb2_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def clean_env(src: Path = ROOT) -> dict[str, str]:
+    """Our environment without settings that would slow a Python server or client.
+
+    tests/conftest.py forces the pure-Python protobuf (for the etcd3 package); a server started
+    from pytest would inherit it and run several times slower than in production.
+    """
+    env = dict(os.environ)
+    env.pop("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", None)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(src), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def export_rev(rev: str, into: Path) -> str:
+    """Write the tree of git revision rev into `into` (read-only on the repo); returns its short id."""
+    short = subprocess.run(
+        ["git", "rev-parse", "--short", rev], capture_output=True, text=True, cwd=ROOT, check=True
+    ).stdout.strip()
+    into.mkdir(parents=True)
+    archive = subprocess.run(["git", "archive", short], capture_output=True, cwd=ROOT, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return short
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def first_range(endpoint: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> float:
+    """Poll a Range until it answers; returns the monotonic time it did."""
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(endpoint) as ch:
+        stub = rpc_pb2_grpc.KVStub(ch)
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}")
+            try:
+                stub.Range(rpc_pb2.RangeRequest(key=b"\0"), timeout=0.5)
+                return time.monotonic()
+            except grpc.RpcError as exc:
+                if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    return time.monotonic()
+            time.sleep(0.005)
+    raise RuntimeError(f"server on {endpoint} not ready after {timeout}s")
+
+
+@dataclass
+class Target:
+    """One server under test; start() may be called again after stop() (restart timing)."""
+
+    name: str
+    kind: str  # etcd | metastore | floor
+    workdir: Path
+    extra: list[str] = field(default_factory=list)
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+    data_dir: Path | None = None
+    src: Path = ROOT  # the source tree a Python server runs from
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def _args(self) -> list[str]:
+        if self.kind == "etcd":
+            etcd = shutil.which("etcd") or "/usr/bin/etcd"
+            peer = free_port()
+            return [
+                etcd,
+                "--data-dir",
+                str(self.data_dir),
+                "--name",
+                "bench",
+                "--listen-client-urls",
+                f"http://{self.endpoint}",
+                "--advertise-client-urls",
+                f"http://{self.endpoint}",
+                "--listen-peer-urls",
+                f"http://127.0.0.1:{peer}",
+                "--initial-advertise-peer-urls",
+                f"http://127.0.0.1:{peer}",
+                "--initial-cluster",
+                f"bench=http://127.0.0.1:{peer}",
+                "--listen-metrics-urls",
+                f"http://127.0.0.1:{free_port()}",
+                "--log-level",
+                "error",
+                *self.extra,
+            ]
+        if self.kind == "metastore":
+            return [
+                sys.executable,
+                "-m",
+                "metastore_cli",
+                "serve",
+                "--data-dir",
+                str(self.data_dir),
+                "--listen-client-urls",
+                f"http://{self.endpoint}",
+                "--listen-metrics-urls",
+                f"http://127.0.0.1:{free_port()}",
+                "--log-level",
+                "warning",
+                *self.extra,
+            ]
+        return [sys.executable, "-m", "benchmarks.floor_server", "--port", str(self.port), *self.extra]
+
+    def start(self) -> float:
+        """Start and wait for the first answered Range; returns seconds from spawn to answer."""
+        if not self.port:
+            self.port = free_port()
+        if self.data_dir is None:
+            self.data_dir = self.workdir / f"{self.name}-data"
+        log = self.workdir / f"{self.name}.log"
+        t0 = time.monotonic()
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen(
+                self._args(), stdout=out, stderr=subprocess.STDOUT, cwd=self.src, env=clean_env(self.src)
+            )
+        try:
+            t1 = first_range(self.endpoint, self.proc)
+        except Exception:
+            self.stop(signal.SIGKILL)
+            tail = log.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"{self.name} did not start; log:\n{tail}") from None
+        return t1 - t0
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
+        """Signal our process by PID and wait for it."""
+        p = self.proc
+        if p is None or p.poll() is not None:
+            return
+        os.kill(p.pid, sig)
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(p.pid, signal.SIGKILL)
+            p.wait()
