@@ -13,6 +13,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from metastore_core import errors
 from metastore_core.mvcc.store import Drained, MVCCStore
@@ -22,6 +23,7 @@ from metastore_core.storage.base import StorageError
 log = logging.getLogger(__name__)
 
 Listener = Callable[[int, list[Event]], None]
+T = TypeVar("T")
 
 
 class Committer:
@@ -111,6 +113,10 @@ class Committer:
                 log.exception("commit failure hook failed")
         if not isinstance(exc, StorageError):
             log.exception("unexpected commit failure", exc_info=exc)
+
+    async def run_io(self, fn: Callable[[], T]) -> T:
+        """Run blocking storage work on the writer thread, ordered with batch writes."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)

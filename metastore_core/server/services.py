@@ -28,6 +28,8 @@ class Service:
     tasks: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
     # Called at shutdown before the gRPC server stops: end open streams cleanly.
     close: Callable[[], Awaitable[None]] | None = None
+    # Called in shutdown phase 3 (persist state), after every stream has ended.
+    persist: Callable[[], Awaitable[None]] | None = None
 
 
 def build_services(node: Node) -> list[Service]:
@@ -54,3 +56,11 @@ def build_services(node: Node) -> list[Service]:
         Service(etcd["Cluster"], ClusterService(node), (rpc_pb2,)),
         Service(etcd["Watch"], watch, (rpc_pb2,), tasks=[watch.progress_loop], close=watch.close),
     ]
+
+
+def build_admin_service(server: Any) -> Service:
+    """metastore.admin.v1.Admin: needs the whole server (stats, shutdown), not only the node."""
+    from metastore_core.pb.metastore.admin.v1 import admin_pb2
+    from metastore_core.server.admin import AdminService
+
+    return Service(admin_pb2.DESCRIPTOR.services_by_name["Admin"], AdminService(server), (admin_pb2,))

@@ -39,6 +39,7 @@ META_COMPACT_REV = b"mcompact_rev"  # compaction finished up to here
 META_SCHEDULED_COMPACT_REV = b"mscheduled_compact_rev"  # compaction asked up to here
 META_AUTH_ENABLED = b"mauth_enabled"
 META_AUTH_REVISION = b"mauth_revision"
+META_HEALTH_PROBE = b"mhealth_probe"  # health checker's write/read probe (no meaning)
 
 CRC_NONE = b"none"
 CRC_IEEE = b"crc32"

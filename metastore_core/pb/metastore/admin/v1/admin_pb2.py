@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1emetastore/admin/v1/admin.proto\x12\x12metastore.admin.v1\"\x11\n\x0fGetStatsRequest\"<\n\x0bPhaseTiming\x12\r\n\x05phase\x18\x01 \x01(\t\x12\x0f\n\x07seconds\x18\x02 \x01(\x01\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"\xcc\x04\n\x10GetStatsResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x18\n\x10\x65tcd_api_version\x18\x02 \x01(\t\x12\x11\n\tmember_id\x18\x03 \x01(\x04\x12\x12\n\ncluster_id\x18\x04 \x01(\x04\x12\x16\n\x0euptime_seconds\x18\x05 \x01(\x01\x12\x1b\n\x13\x63onnections_current\x18\n \x01(\x03\x12\x17\n\x0f\x63onnections_max\x18\x0b \x01(\x03\x12\x18\n\x10requests_current\x18\x0c \x01(\x03\x12\x14\n\x0crequests_max\x18\r \x01(\x03\x12\x19\n\x11memory_used_bytes\x18\x0e \x01(\x03\x12\x18\n\x10memory_max_bytes\x18\x0f \x01(\x03\x12\x16\n\x0e\x61\x63tive_streams\x18\x10 \x01(\x03\x12\x13\n\x0bpanic_count\x18\x14 \x01(\x03\x12\x1e\n\x16validation_error_count\x18\x15 \x01(\x03\x12\x10\n\x08revision\x18\x1e \x01(\x03\x12\x18\n\x10\x63ompact_revision\x18\x1f \x01(\x03\x12\x11\n\tkey_count\x18  \x01(\x03\x12\x15\n\rdb_size_bytes\x18! \x01(\x03\x12\x0f\n\x07\x62\x61\x63kend\x18\" \x01(\t\x12\x0e\n\x06\x61larms\x18# \x03(\t\x12\x10\n\x08watchers\x18( \x01(\x03\x12\x15\n\rwatch_streams\x18) \x01(\x03\x12\x0e\n\x06leases\x18* \x01(\x03\x12\x36\n\rlast_shutdown\x18\x32 \x03(\x0b\x32\x1f.metastore.admin.v1.PhaseTiming\"!\n\x0fShutdownRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\"1\n\x10ShutdownResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0b\n\x03pid\x18\x02 \x01(\x03\x32\xb5\x01\n\x05\x41\x64min\x12U\n\x08GetStats\x12#.metastore.admin.v1.GetStatsRequest\x1a$.metastore.admin.v1.GetStatsResponse\x12U\n\x08Shutdown\x12#.metastore.admin.v1.ShutdownRequest\x1a$.metastore.admin.v1.ShutdownResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1emetastore/admin/v1/admin.proto\x12\x12metastore.admin.v1\"\x11\n\x0fGetStatsRequest\"<\n\x0bPhaseTiming\x12\r\n\x05phase\x18\x01 \x01(\t\x12\x0f\n\x07seconds\x18\x02 \x01(\x01\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"\xd1\x05\n\x10GetStatsResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x18\n\x10\x65tcd_api_version\x18\x02 \x01(\t\x12\x11\n\tmember_id\x18\x03 \x01(\x04\x12\x12\n\ncluster_id\x18\x04 \x01(\x04\x12\x16\n\x0euptime_seconds\x18\x05 \x01(\x01\x12\x1b\n\x13\x63onnections_current\x18\n \x01(\x03\x12\x17\n\x0f\x63onnections_max\x18\x0b \x01(\x03\x12\x18\n\x10requests_current\x18\x0c \x01(\x03\x12\x14\n\x0crequests_max\x18\r \x01(\x03\x12\x19\n\x11memory_used_bytes\x18\x0e \x01(\x03\x12\x18\n\x10memory_max_bytes\x18\x0f \x01(\x03\x12\x16\n\x0e\x61\x63tive_streams\x18\x10 \x01(\x03\x12\x18\n\x10requests_refused\x18\x11 \x01(\x03\x12\x15\n\rrequests_peak\x18\x12 \x01(\x03\x12\x13\n\x0bpanic_count\x18\x14 \x01(\x03\x12\x1e\n\x16validation_error_count\x18\x15 \x01(\x03\x12\x10\n\x08revision\x18\x1e \x01(\x03\x12\x18\n\x10\x63ompact_revision\x18\x1f \x01(\x03\x12\x11\n\tkey_count\x18  \x01(\x03\x12\x15\n\rdb_size_bytes\x18! \x01(\x03\x12\x0f\n\x07\x62\x61\x63kend\x18\" \x01(\t\x12\x0e\n\x06\x61larms\x18# \x03(\t\x12\x10\n\x08watchers\x18( \x01(\x03\x12\x15\n\rwatch_streams\x18) \x01(\x03\x12\x0e\n\x06leases\x18* \x01(\x03\x12\x36\n\rlast_shutdown\x18\x32 \x03(\x0b\x32\x1f.metastore.admin.v1.PhaseTiming\x12\x1c\n\x14last_shutdown_reason\x18\x33 \x01(\t\x12\x0f\n\x07serving\x18< \x01(\x08\x12\x16\n\x0ehealth_reasons\x18= \x03(\t\x12\x0b\n\x03pid\x18> \x01(\x03\"!\n\x0fShutdownRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\"1\n\x10ShutdownResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0b\n\x03pid\x18\x02 \x01(\x03\x32\xb5\x01\n\x05\x41\x64min\x12U\n\x08GetStats\x12#.metastore.admin.v1.GetStatsRequest\x1a$.metastore.admin.v1.GetStatsResponse\x12U\n\x08Shutdown\x12#.metastore.admin.v1.ShutdownRequest\x1a$.metastore.admin.v1.ShutdownResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,11 +36,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PHASETIMING']._serialized_start=73
   _globals['_PHASETIMING']._serialized_end=133
   _globals['_GETSTATSRESPONSE']._serialized_start=136
-  _globals['_GETSTATSRESPONSE']._serialized_end=724
-  _globals['_SHUTDOWNREQUEST']._serialized_start=726
-  _globals['_SHUTDOWNREQUEST']._serialized_end=759
-  _globals['_SHUTDOWNRESPONSE']._serialized_start=761
-  _globals['_SHUTDOWNRESPONSE']._serialized_end=810
-  _globals['_ADMIN']._serialized_start=813
-  _globals['_ADMIN']._serialized_end=994
+  _globals['_GETSTATSRESPONSE']._serialized_end=857
+  _globals['_SHUTDOWNREQUEST']._serialized_start=859
+  _globals['_SHUTDOWNREQUEST']._serialized_end=892
+  _globals['_SHUTDOWNRESPONSE']._serialized_start=894
+  _globals['_SHUTDOWNRESPONSE']._serialized_end=943
+  _globals['_ADMIN']._serialized_start=946
+  _globals['_ADMIN']._serialized_end=1127
 # @@protoc_insertion_point(module_scope)

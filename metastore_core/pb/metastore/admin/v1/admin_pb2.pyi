@@ -77,6 +77,8 @@ class GetStatsResponse(_message.Message):
     MEMORY_USED_BYTES_FIELD_NUMBER: _builtins.int
     MEMORY_MAX_BYTES_FIELD_NUMBER: _builtins.int
     ACTIVE_STREAMS_FIELD_NUMBER: _builtins.int
+    REQUESTS_REFUSED_FIELD_NUMBER: _builtins.int
+    REQUESTS_PEAK_FIELD_NUMBER: _builtins.int
     PANIC_COUNT_FIELD_NUMBER: _builtins.int
     VALIDATION_ERROR_COUNT_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
@@ -89,6 +91,10 @@ class GetStatsResponse(_message.Message):
     WATCH_STREAMS_FIELD_NUMBER: _builtins.int
     LEASES_FIELD_NUMBER: _builtins.int
     LAST_SHUTDOWN_FIELD_NUMBER: _builtins.int
+    LAST_SHUTDOWN_REASON_FIELD_NUMBER: _builtins.int
+    SERVING_FIELD_NUMBER: _builtins.int
+    HEALTH_REASONS_FIELD_NUMBER: _builtins.int
+    PID_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     """metastore's own version"""
     etcd_api_version: _builtins.str
@@ -103,6 +109,10 @@ class GetStatsResponse(_message.Message):
     memory_used_bytes: _builtins.int
     memory_max_bytes: _builtins.int
     active_streams: _builtins.int
+    requests_refused: _builtins.int
+    """unary calls refused at the concurrency limit since start"""
+    requests_peak: _builtins.int
+    """most unary calls in flight at once since start"""
     panic_count: _builtins.int
     validation_error_count: _builtins.int
     revision: _builtins.int
@@ -113,10 +123,18 @@ class GetStatsResponse(_message.Message):
     watchers: _builtins.int
     watch_streams: _builtins.int
     leases: _builtins.int
+    last_shutdown_reason: _builtins.str
+    serving: _builtins.bool
+    """overall health (grpc.health.v1 "")"""
+    pid: _builtins.int
     @_builtins.property
     def alarms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def last_shutdown(self) -> _containers.RepeatedCompositeFieldContainer[Global___PhaseTiming]: ...
+    @_builtins.property
+    def health_reasons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """failing checkers, "name: reason" """
+
     def __init__(
         self,
         *,
@@ -132,6 +150,8 @@ class GetStatsResponse(_message.Message):
         memory_used_bytes: _builtins.int = ...,
         memory_max_bytes: _builtins.int = ...,
         active_streams: _builtins.int = ...,
+        requests_refused: _builtins.int = ...,
+        requests_peak: _builtins.int = ...,
         panic_count: _builtins.int = ...,
         validation_error_count: _builtins.int = ...,
         revision: _builtins.int = ...,
@@ -144,10 +164,14 @@ class GetStatsResponse(_message.Message):
         watch_streams: _builtins.int = ...,
         leases: _builtins.int = ...,
         last_shutdown: _abc.Iterable[Global___PhaseTiming] | None = ...,
+        last_shutdown_reason: _builtins.str = ...,
+        serving: _builtins.bool = ...,
+        health_reasons: _abc.Iterable[_builtins.str] | None = ...,
+        pid: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_streams", b"active_streams", "alarms", b"alarms", "backend", b"backend", "cluster_id", b"cluster_id", "compact_revision", b"compact_revision", "connections_current", b"connections_current", "connections_max", b"connections_max", "db_size_bytes", b"db_size_bytes", "etcd_api_version", b"etcd_api_version", "key_count", b"key_count", "last_shutdown", b"last_shutdown", "leases", b"leases", "member_id", b"member_id", "memory_max_bytes", b"memory_max_bytes", "memory_used_bytes", b"memory_used_bytes", "panic_count", b"panic_count", "requests_current", b"requests_current", "requests_max", b"requests_max", "revision", b"revision", "uptime_seconds", b"uptime_seconds", "validation_error_count", b"validation_error_count", "version", b"version", "watch_streams", b"watch_streams", "watchers", b"watchers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_streams", b"active_streams", "alarms", b"alarms", "backend", b"backend", "cluster_id", b"cluster_id", "compact_revision", b"compact_revision", "connections_current", b"connections_current", "connections_max", b"connections_max", "db_size_bytes", b"db_size_bytes", "etcd_api_version", b"etcd_api_version", "health_reasons", b"health_reasons", "key_count", b"key_count", "last_shutdown", b"last_shutdown", "last_shutdown_reason", b"last_shutdown_reason", "leases", b"leases", "member_id", b"member_id", "memory_max_bytes", b"memory_max_bytes", "memory_used_bytes", b"memory_used_bytes", "panic_count", b"panic_count", "pid", b"pid", "requests_current", b"requests_current", "requests_max", b"requests_max", "requests_peak", b"requests_peak", "requests_refused", b"requests_refused", "revision", b"revision", "serving", b"serving", "uptime_seconds", b"uptime_seconds", "validation_error_count", b"validation_error_count", "version", b"version", "watch_streams", b"watch_streams", "watchers", b"watchers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

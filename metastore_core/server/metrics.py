@@ -1,0 +1,166 @@
+"""Prometheus figures: request counts and latency by method and code, plus daemon gauges.
+
+Counting happens on the event loop in plain integers (no locks, no label
+lookups per call); a collector turns them into metric families only when
+/metrics is scraped. Label values follow go-grpc-prometheus, which etcd's
+dashboards and alerts match on: grpc_type in unary/client_stream/
+server_stream/bidi_stream and grpc_code as Go names (OK, ResourceExhausted).
+Every method x code series exists from start-up, as etcd's InitializeMetrics
+does, so rate() works before the first error.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import grpc
+from prometheus_client import CollectorRegistry, ProcessCollector, disable_created_metrics
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from metastore_core.server.rpc import MethodInfo
+
+disable_created_metrics()
+
+# Go's codes.Code String() names, by gRPC status number.
+GO_CODE_NAMES = (
+    "OK",
+    "Canceled",
+    "Unknown",
+    "InvalidArgument",
+    "DeadlineExceeded",
+    "NotFound",
+    "AlreadyExists",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "FailedPrecondition",
+    "Aborted",
+    "OutOfRange",
+    "Unimplemented",
+    "Internal",
+    "Unavailable",
+    "DataLoss",
+    "Unauthenticated",
+)
+# prometheus DefBuckets, as go-grpc-prometheus uses for handling time.
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def grpc_type(info: MethodInfo) -> str:
+    if info.client_streaming:
+        return "bidi_stream" if info.server_streaming else "client_stream"
+    return "server_stream" if info.server_streaming else "unary"
+
+
+class MethodMetrics:
+    """Counters of one method; `done` is the only per-call work."""
+
+    __slots__ = ("bucket_counts", "count", "handled", "info", "started", "sum", "type")
+
+    def __init__(self, info: MethodInfo) -> None:
+        self.info = info
+        self.type = grpc_type(info)
+        self.started = 0
+        self.handled = [0] * len(GO_CODE_NAMES)
+        self.bucket_counts = [0] * (len(BUCKETS) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def done(self, code: grpc.StatusCode, seconds: float) -> None:
+        self.handled[code.value[0]] += 1
+        self.bucket_counts[bisect.bisect_left(BUCKETS, seconds)] += 1
+        self.sum += seconds
+        self.count += 1
+
+
+@dataclass
+class Gauge:
+    """A figure read at scrape time."""
+
+    name: str
+    doc: str
+    read: Callable[[], float]
+    counter: bool = False
+    labels: dict[str, str] | None = None
+
+
+class RequestMetrics(Collector):
+    """All per-method request metrics and the daemon's gauges, as one collector."""
+
+    def __init__(self) -> None:
+        self.methods: list[MethodMetrics] = []
+        self.gauges: list[Gauge] = []
+        self.started: dict[str, int] = {}
+
+    def method(self, info: MethodInfo) -> MethodMetrics:
+        m = MethodMetrics(info)
+        self.methods.append(m)
+        return m
+
+    def gauge(self, name: str, doc: str, read: Callable[[], float], **labels: str) -> None:
+        self.gauges.append(Gauge(name, doc, read, labels=labels or None))
+
+    def counter(self, name: str, doc: str, read: Callable[[], float]) -> None:
+        self.gauges.append(Gauge(name, doc, read, counter=True))
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
+        labels = ["grpc_type", "grpc_service", "grpc_method"]
+        started = CounterMetricFamily(
+            "grpc_server_started", "Total number of RPCs started on the server.", labels=labels
+        )
+        handled = CounterMetricFamily(
+            "grpc_server_handled",
+            "Total number of RPCs completed on the server, regardless of success or failure.",
+            labels=[*labels, "grpc_code"],
+        )
+        hist = HistogramMetricFamily(
+            "grpc_server_handling_seconds",
+            "Histogram of response latency (seconds) of gRPC that had been application-level "
+            "handled by the server.",
+            labels=labels,
+        )
+        for m in self.methods:
+            base = [m.type, m.info.service, m.info.name]
+            started.add_metric(base, float(m.started))
+            for i, name in enumerate(GO_CODE_NAMES):
+                handled.add_metric([*base, name], float(m.handled[i]))
+            cumulative = []
+            acc = 0
+            for bound, n in zip((*BUCKETS, float("inf")), m.bucket_counts, strict=True):
+                acc += n
+                cumulative.append((_le(bound), float(acc)))
+            hist.add_metric(base, cumulative, m.sum)
+        yield started
+        yield handled
+        yield hist
+        for g in self.gauges:
+            try:
+                value = float(g.read())
+            except Exception:
+                continue
+            name = g.name[:-6] if g.counter and g.name.endswith("_total") else g.name
+            family: CounterMetricFamily | GaugeMetricFamily
+            if g.counter:
+                family = CounterMetricFamily(name, g.doc)
+                family.add_metric([], value)
+            elif g.labels:
+                family = GaugeMetricFamily(name, g.doc, labels=list(g.labels))
+                family.add_metric(list(g.labels.values()), value)
+            else:
+                family = GaugeMetricFamily(name, g.doc, value=value)
+            yield family
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)
+
+
+def make_registry(collectors: Iterable[Collector]) -> CollectorRegistry:
+    """A registry with the process collector (process_resident_memory_bytes, fds) and ours."""
+    registry = CollectorRegistry(auto_describe=False)
+    ProcessCollector(registry=registry)
+    for c in collectors:
+        registry.register(c)
+    return registry

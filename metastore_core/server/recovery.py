@@ -1,0 +1,214 @@
+"""Exception recovery ("panic recovery") for handlers and background tasks.
+
+The outermost layer on every RPC: whatever a handler raises that is not a
+deliberate gRPC status becomes INTERNAL "internal server error: panic
+recovered" for that one request, is logged with its stack, counted, and
+handed to the configured handlers; the process keeps serving. The same
+layer counts validation failures (INVALID_ARGUMENT) and feeds the request
+metrics, so one wrapper observes every call's final code.
+
+Background work runs through `safe_spawn` (a failure is logged and counted)
+or `safe_spawn_with_restart` (restarted with backoff up to N times, for
+critical workers such as lease expiry); the supervisor keeps every task by
+name so health can ask whether a worker is alive and shutdown can stop all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from metastore_core.server.metrics import RequestMetrics
+from metastore_core.server.rpc import Behaviour, Layer, MethodInfo
+from metastore_core.storage.layout import CorruptRecord
+
+log = logging.getLogger("metastore.recovery")
+
+PANIC_MESSAGE = "internal server error: panic recovered"
+CORRUPT_MESSAGE = "etcdserver: corrupt cluster"
+
+PanicHandler = Callable[[str, BaseException], None]
+TaskFactory = Callable[[], Coroutine[Any, Any, None]]
+
+_OK = grpc.StatusCode.OK
+_INVALID = grpc.StatusCode.INVALID_ARGUMENT
+_CANCELLED = grpc.StatusCode.CANCELLED
+_UNKNOWN = grpc.StatusCode.UNKNOWN
+
+
+@dataclass
+class TaskState:
+    """A supervised background task."""
+
+    name: str
+    task: asyncio.Task[None]
+    restarts: int = 0
+    max_restarts: int = 0
+    failed: bool = False  # gave up (or, without restart, died of an exception)
+    last_error: str = ""
+
+    @property
+    def alive(self) -> bool:
+        return not self.task.done()
+
+
+class Recovery:
+    """Counts and reports panics; supervises background tasks."""
+
+    def __init__(self) -> None:
+        self.panic_count = 0
+        self.validation_error_count = 0
+        self.task_failures = 0
+        self.handlers: list[PanicHandler] = []
+        self.corrupt_handlers: list[Callable[[CorruptRecord], None]] = []
+        self.tasks: dict[str, TaskState] = {}
+        self.restart_backoff = 0.1
+
+    # ------------------------------------------------------------------ panics
+    def panic(self, where: str, exc: BaseException) -> None:
+        """Record one recovered exception: log with stack, count, notify."""
+        self.panic_count += 1
+        log.error("panic recovered in %s: %r", where, exc, exc_info=exc)
+        for handler in self.handlers:
+            try:
+                handler(where, exc)
+            except Exception:
+                log.exception("panic handler failed")
+
+    def corrupt(self, exc: CorruptRecord) -> None:
+        log.error("data corruption detected: %s", exc)
+        for handler in self.corrupt_handlers:
+            try:
+                handler(exc)
+            except Exception:
+                log.exception("corruption handler failed")
+
+    # ------------------------------------------------------------------ tasks
+    def safe_spawn(self, name: str, fn: TaskFactory) -> TaskState:
+        """Run fn() as a background task; an exception is logged and counted, never raised."""
+        return self._spawn(name, fn, 0)
+
+    def safe_spawn_with_restart(self, name: str, fn: TaskFactory, max_restarts: int) -> TaskState:
+        """Run fn() and restart it (with backoff) after a failure, up to max_restarts times."""
+        return self._spawn(name, fn, max_restarts)
+
+    def _spawn(self, name: str, fn: TaskFactory, max_restarts: int) -> TaskState:
+        old = self.tasks.get(name)
+        if old is not None and old.alive:
+            raise ValueError(f"a task named {name!r} is already running")
+        holder: list[TaskState] = []
+
+        async def supervise() -> None:
+            state = holder[0]
+            delay = self.restart_backoff
+            while True:
+                try:
+                    await fn()
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    self.task_failures += 1
+                    self.panic(f"task {name}", exc)
+                    state.last_error = repr(exc)
+                    if state.restarts >= state.max_restarts:
+                        state.failed = True
+                        if state.max_restarts:
+                            log.error("task %s failed %d times; not restarting", name, state.restarts + 1)
+                        return
+                    state.restarts += 1
+                    log.warning("restarting task %s (%d/%d)", name, state.restarts, state.max_restarts)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+
+        task = asyncio.get_running_loop().create_task(supervise(), name=f"metastore:{name}")
+        state = TaskState(name, task, max_restarts=max_restarts)
+        holder.append(state)
+        self.tasks[name] = state
+        return state
+
+    async def stop_tasks(self, timeout: float = 2.0) -> None:
+        """Cancel every supervised task and wait (bounded) for them to end."""
+        running = [s.task for s in self.tasks.values() if not s.task.done()]
+        for t in running:
+            t.cancel()
+        if running:
+            await asyncio.wait(running, timeout=timeout)
+
+    # ------------------------------------------------------------------ the layer
+    def layer(self, metrics: RequestMetrics | None = None) -> Layer:
+        """The outermost RPC layer: recovery, validation counting and request metrics."""
+
+        def wrap(info: MethodInfo, fn: Behaviour) -> Behaviour:
+            m = metrics.method(info) if metrics is not None else None
+            where = info.full
+            clock = time.perf_counter
+
+            if not info.server_streaming:
+
+                async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                    start = clock()
+                    code = _OK
+                    if m is not None:
+                        m.started += 1
+                    try:
+                        return await fn(request, context)
+                    except grpc.aio.AbortError:
+                        code = context.code() or _UNKNOWN
+                        if code is _INVALID:
+                            self.validation_error_count += 1
+                        raise
+                    except asyncio.CancelledError:
+                        code = _CANCELLED
+                        raise
+                    except CorruptRecord as exc:
+                        code = grpc.StatusCode.DATA_LOSS
+                        self.corrupt(exc)
+                        await context.abort(code, CORRUPT_MESSAGE)
+                    except Exception as exc:
+                        code = grpc.StatusCode.INTERNAL
+                        self.panic(where, exc)
+                        await context.abort(code, PANIC_MESSAGE)
+                    finally:
+                        if m is not None:
+                            m.done(code, clock() - start)
+
+                return unary
+
+            async def streaming(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                start = clock()
+                code = _OK
+                if m is not None:
+                    m.started += 1
+                try:
+                    async for item in fn(request, context):
+                        yield item
+                except grpc.aio.AbortError:
+                    code = context.code() or _UNKNOWN
+                    if code is _INVALID:
+                        self.validation_error_count += 1
+                    raise
+                except (asyncio.CancelledError, GeneratorExit):
+                    code = _CANCELLED
+                    raise
+                except CorruptRecord as exc:
+                    code = grpc.StatusCode.DATA_LOSS
+                    self.corrupt(exc)
+                    await context.abort(code, CORRUPT_MESSAGE)
+                except Exception as exc:
+                    code = grpc.StatusCode.INTERNAL
+                    self.panic(where, exc)
+                    await context.abort(code, PANIC_MESSAGE)
+                finally:
+                    if m is not None:
+                        m.done(code, clock() - start)
+
+            return streaming
+
+        return wrap
