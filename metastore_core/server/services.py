@@ -12,6 +12,7 @@ from metastore_core.engine.watch import WatchLimits
 from metastore_core.pb.etcdserverpb import rpc_pb2
 from metastore_core.server.cluster import ClusterService
 from metastore_core.server.kv import KVService
+from metastore_core.server.lease import LeaseService
 from metastore_core.server.maintenance import MaintenanceService
 from metastore_core.server.node import Node
 from metastore_core.server.watch import WatchService
@@ -28,8 +29,6 @@ class Service:
     tasks: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
     # Called at shutdown before the gRPC server stops: end open streams cleanly.
     close: Callable[[], Awaitable[None]] | None = None
-    # Called in shutdown phase 3 (persist state), after every stream has ended.
-    persist: Callable[[], Awaitable[None]] | None = None
 
 
 def build_services(node: Node) -> list[Service]:
@@ -44,6 +43,7 @@ def build_services(node: Node) -> list[Service]:
         ),
     )
     maintenance = MaintenanceService(node)
+    lease = LeaseService(node, checkpoint_interval=cfg.lease_checkpoint_interval_s)
     return [
         Service(etcd["KV"], KVService(node), (rpc_pb2,)),
         Service(
@@ -55,12 +55,11 @@ def build_services(node: Node) -> list[Service]:
         ),
         Service(etcd["Cluster"], ClusterService(node), (rpc_pb2,)),
         Service(etcd["Watch"], watch, (rpc_pb2,), tasks=[watch.progress_loop], close=watch.close),
+        Service(
+            etcd["Lease"],
+            lease,
+            (rpc_pb2,),
+            tasks=[lease.run_expiry, lease.run_checkpoints],
+            close=lease.close,
+        ),
     ]
-
-
-def build_admin_service(server: Any) -> Service:
-    """metastore.admin.v1.Admin: needs the whole server (stats, shutdown), not only the node."""
-    from metastore_core.pb.metastore.admin.v1 import admin_pb2
-    from metastore_core.server.admin import AdminService
-
-    return Service(admin_pb2.DESCRIPTOR.services_by_name["Admin"], AdminService(server), (admin_pb2,))
