@@ -137,7 +137,7 @@ class Floor:
         return resp
 
 
-class ThreadKV:
+class ThreadKV(pbg.KVServicer):
     def __init__(self, floor: Floor) -> None:
         self.f = floor
 
@@ -154,7 +154,7 @@ class ThreadKV:
         return self.f.txn(r)
 
 
-class AioKV:
+class AioKV(pbg.KVServicer):
     def __init__(self, floor: Floor) -> None:
         self.f = floor
 
@@ -171,7 +171,7 @@ class AioKV:
         return self.f.txn(r)
 
 
-class AioLease:
+class AioLease(pbg.LeaseServicer):
     def __init__(self, floor: Floor) -> None:
         self.f = floor
 
@@ -192,7 +192,7 @@ class AioLease:
             yield resp
 
 
-class AioWatch:
+class AioWatch(pbg.WatchServicer):
     """One queue per stream; every put to a watched key is queued to its watchers."""
 
     def __init__(self, floor: Floor) -> None:
@@ -251,7 +251,7 @@ class AioWatch:
 def serve_threads(port: int, workers: int) -> None:
     floor = Floor()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=OPTIONS)
-    pbg.add_KVServicer_to_server(ThreadKV(floor), server)  # type: ignore[arg-type]
+    pbg.add_KVServicer_to_server(ThreadKV(floor), server)  # type: ignore[abstract]
     server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
     stop = threading.Event()
@@ -264,9 +264,9 @@ def serve_threads(port: int, workers: int) -> None:
 async def serve_aio(port: int) -> None:
     floor = Floor()
     server = grpc.aio.server(options=OPTIONS)
-    pbg.add_KVServicer_to_server(AioKV(floor), server)  # type: ignore[arg-type]
-    pbg.add_LeaseServicer_to_server(AioLease(floor), server)  # type: ignore[arg-type]
-    pbg.add_WatchServicer_to_server(AioWatch(floor), server)  # type: ignore[arg-type]
+    pbg.add_KVServicer_to_server(AioKV(floor), server)  # type: ignore[abstract]
+    pbg.add_LeaseServicer_to_server(AioLease(floor), server)  # type: ignore[abstract]
+    pbg.add_WatchServicer_to_server(AioWatch(floor), server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     stop = asyncio.Event()

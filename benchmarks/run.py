@@ -430,6 +430,10 @@ def main(argv: list[str] | None = None) -> int:
         "--metastore-rev",
         help="run metastore from this git revision (exported to the temp dir) instead of the working tree",
     )
+    ap.add_argument(
+        "--compare-rev",
+        help="also run metastore from this git revision, as target metastore@REV (before/after)",
+    )
     ap.add_argument("--metastore-arg", action="append", default=[], help="extra `metastore serve` flag")
     ap.add_argument("--channels", type=int, default=4, help="client channels (TCP connections) [4]")
     ap.add_argument("--uvloop-client", action="store_true", help="run the load client on uvloop")
@@ -444,8 +448,12 @@ def main(argv: list[str] | None = None) -> int:
         channels=a.channels,
     )
     names = [n.strip() for n in a.targets.split(",") if n.strip()]
+    if a.compare_rev:
+        names.insert(
+            names.index("metastore") + 1 if "metastore" in names else 0, f"metastore@{a.compare_rev}"
+        )
     for n in names:
-        if n not in TARGETS:
+        if n not in TARGETS and not n.startswith("metastore@"):
             raise SystemExit(f"unknown target {n!r}; known: {', '.join(TARGETS)}")
     if "etcd" in names and not shutil.which("etcd"):
         raise SystemExit(
@@ -467,9 +475,12 @@ def main(argv: list[str] | None = None) -> int:
             metastore_src = work / "src"
             metastore_label = export_rev(a.metastore_rev, metastore_src)
         for n in names:
-            kind, extra = TARGETS[n]
+            kind, extra = TARGETS.get(n, ("metastore", []))
             extra = extra + (a.metastore_arg if kind == "metastore" else [])
             src = metastore_src if kind == "metastore" else ROOT
+            if n.startswith("metastore@"):
+                src = work / "src-compare"
+                export_rev(n.partition("@")[2], src)
             t = Target(n, kind, work, extra, src=src)
             t.start()
             targets.append(t)
