@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from metastore_cli.serve import serve
+from metastore_cli.snapshot import app as snapshot_app
 from metastore_core import __version__
 
 app = typer.Typer(
@@ -32,3 +33,4 @@ def main(
 
 
 app.command()(serve)
+app.add_typer(snapshot_app, name="snapshot")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -168,6 +169,13 @@ class StorageRecovery:
         while getattr(committer, "_running", False):
             await asyncio.sleep(0.01)
         wanted = set(node.alarms.active)
+        short = _space_shortfall(node.storage)
+        if short:
+            # Reopening replays the write-ahead log into a table, which needs about its size
+            # again. Closing without room would leave no handle at all (reads would fail too).
+            exc = OSError(f"No space left on device: reopening needs {short} more free bytes")
+            self._on_failure(exc)
+            raise errors.NoSpace(f"etcdserver: storage recovery refused: {exc}")
         log.warning("recovering storage after a write failure: reopening %s", node.storage.name)
         try:
             reopen = getattr(node.storage, "reopen", None)
@@ -177,7 +185,10 @@ class StorageRecovery:
         except Exception as exc:
             log.error("storage recovery failed: %s", exc)
             self._on_failure(exc)
-            raise errors.Unavailable(f"etcdserver: storage recovery failed: {exc}") from None
+            # not UNAVAILABLE: clients retry that dozens of times; the operator must act first
+            if "space" in str(exc).lower():
+                raise errors.NoSpace(f"etcdserver: storage recovery failed: {exc}") from None
+            raise errors.Corrupt(f"etcdserver: storage recovery failed: {exc}") from None
         committer.failed = None
         # Make the persisted alarms what the operator left active (disarms were not persisted).
         for m, a in set(node.alarms.active) - wanted:
@@ -187,6 +198,24 @@ class StorageRecovery:
         try:
             await committer.flush()
         except errors.MetastoreError as exc:
-            raise errors.Unavailable(f"etcdserver: storage still failing after reopen: {exc}") from None
+            raise errors.NoSpace(f"etcdserver: storage still failing after reopen: {exc}") from None
         self.recoveries += 1
         log.warning("storage recovered at revision %d", node.store.committed_rev)
+
+
+REOPEN_MARGIN = 1 << 20
+
+
+def _space_shortfall(storage: Any) -> int:
+    """Bytes missing for a LevelDB reopen (its logs' size plus a margin); 0 when enough or unknown."""
+    path = getattr(storage, "path", None)
+    if path is None:
+        return 0
+    try:
+        logs = sum(e.stat().st_size for e in os.scandir(path) if e.name.endswith(".log") and e.is_file())
+        st = os.statvfs(path)
+    except OSError:
+        return 0
+    need = logs + REOPEN_MARGIN
+    free = st.f_bavail * st.f_frsize
+    return max(0, need - free)
