@@ -37,6 +37,7 @@ class Committer:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metastore-commit")
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._running = False
+        self._hold = False  # set while a rollback runs: drain nothing
         self._task: asyncio.Task[None] | None = None
         self.failed: Exception | None = None
         self.batches = 0
@@ -59,7 +60,7 @@ class Committer:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            while True:
+            while not self._hold:
                 self._wake(self.store.durable_seq)
                 d = self.store.drain()
                 if d is None:
@@ -81,7 +82,7 @@ class Committer:
                             log.exception("commit listener failed")
         finally:
             self._running = False
-            if self._waiters:  # staged after our last drain
+            if self._waiters and not self._hold:  # staged after our last drain
                 self._running = True
                 self._task = loop.create_task(self._run())
 
@@ -113,6 +114,25 @@ class Committer:
                 log.exception("commit failure hook failed")
         if not isinstance(exc, StorageError):
             log.exception("unexpected commit failure", exc_info=exc)
+
+    async def rollback(self, reload: Callable[[], None]) -> None:
+        """Drop everything staged but not yet durable and rebuild memory from disk.
+
+        Used when an apply failed half-way: its partial changes must never be
+        written. Requests staged behind it fail with UNAVAILABLE (none was acked).
+        """
+        self._hold = True
+        try:
+            while self._running:  # the batch in flight holds only whole requests: let it land
+                await asyncio.sleep(0.001)
+            err = errors.Unavailable("etcdserver: request aborted: the store was reloaded after an internal error")
+            waiters, self._waiters = self._waiters, []
+            for _, fut in waiters:
+                if not fut.done():
+                    fut.set_exception(err)
+            reload()
+        finally:
+            self._hold = False
 
     async def run_io(self, fn: Callable[[], T]) -> T:
         """Run blocking storage work on the writer thread, ordered with batch writes."""

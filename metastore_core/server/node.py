@@ -70,7 +70,15 @@ class Node:
         await self.guard.check(command)
         if self.committer.failed is not None:
             raise errors.Unavailable(f"etcdserver: storage failed: {self.committer.failed}")
-        resp = self.applier.apply(command)
+        staged = self.store.staged_seq
+        try:
+            resp = self.applier.apply(command)
+        except Exception:
+            # Checks run before changes, so a refusal stages nothing. Anything else that
+            # escaped mid-apply (a bug, a CRC failure) may have: never let it reach disk.
+            if self.store.staged_seq != staged:
+                await self.committer.rollback(self.load)
+            raise
         await self.committer.flush()
         if isinstance(command, pb.CompactionRequest):
             self.compactor.kick()
