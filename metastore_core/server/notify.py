@@ -1,0 +1,39 @@
+"""Wake coroutines when committed changes touch a key range (for Lock and Election waits)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from metastore_core.pb.mvccpb.kv_pb2 import Event
+
+
+def _in_range(key: bytes, start: bytes, end: bytes) -> bool:
+    if not end:
+        return key == start
+    return key >= start and (end == b"\0" or key < end)
+
+
+class KeyNotifier:
+    """A committer listener; `changed(key, end)` is an event set on the next change in range."""
+
+    def __init__(self) -> None:
+        self._waits: list[tuple[bytes, bytes, asyncio.Event]] = []
+
+    def changed(self, key: bytes, end: bytes = b"") -> asyncio.Event:
+        ev = asyncio.Event()
+        self._waits.append((key, end, ev))
+        return ev
+
+    def forget(self, ev: asyncio.Event) -> None:
+        self._waits = [w for w in self._waits if w[2] is not ev]
+
+    def on_events(self, rev: int, events: list[Event]) -> None:
+        if not self._waits:
+            return
+        keep = []
+        for start, end, ev in self._waits:
+            if any(_in_range(e.kv.key, start, end) for e in events):
+                ev.set()
+            else:
+                keep.append((start, end, ev))
+        self._waits = keep
