@@ -125,7 +125,9 @@ class Committer:
         try:
             while self._running:  # the batch in flight holds only whole requests: let it land
                 await asyncio.sleep(0.001)
-            err = errors.Unavailable("etcdserver: request aborted: the store was reloaded after an internal error")
+            err = errors.Unavailable(
+                "etcdserver: request aborted: the store was reloaded after an internal error"
+            )
             waiters, self._waiters = self._waiters, []
             for _, fut in waiters:
                 if not fut.done():
