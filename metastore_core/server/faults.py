@@ -8,6 +8,7 @@ exactly what recovery and limits do to a real handler:
     /metastore.testing.Faults/Panic        unary, raises RuntimeError
     /metastore.testing.Faults/Sleep        unary, sleeps DoubleValue seconds
     /metastore.testing.Faults/PanicStream  server stream, one message then RuntimeError
+    /metastore.testing.Faults/SlowPut      unary, sleeps 3 s, then a real Put (PutRequest)
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from typing import Any
 import grpc
 from google.protobuf import empty_pb2, wrappers_pb2
 
+from metastore_core.pb.etcdserverpb import rpc_pb2
+from metastore_core.server.node import Node
 from metastore_core.server.rpc import Behaviour, Layer, MethodInfo
 
 SERVICE = "metastore.testing.Faults"
@@ -49,15 +52,21 @@ async def _panic_stream(request: Any, context: grpc.aio.ServicerContext) -> Asyn
     raise InjectedFault("injected stream failure")
 
 
-def fault_handler(layers: Sequence[Layer]) -> grpc.GenericRpcHandler:
+def fault_handler(layers: Sequence[Layer], node: Node) -> grpc.GenericRpcHandler:
     """The fault service, wrapped by layers like any other service."""
-    methods: list[tuple[str, Behaviour, type[Any], bool]] = [
-        ("Panic", _panic, empty_pb2.Empty, False),
-        ("Sleep", _sleep, wrappers_pb2.DoubleValue, False),
-        ("PanicStream", _panic_stream, empty_pb2.Empty, True),
+
+    async def slow_put(request: rpc_pb2.PutRequest, context: grpc.aio.ServicerContext) -> Any:
+        await asyncio.sleep(3.0)
+        return await node.write(request)
+
+    methods: list[tuple[str, Behaviour, type[Any], type[Any], bool]] = [
+        ("Panic", _panic, empty_pb2.Empty, empty_pb2.Empty, False),
+        ("Sleep", _sleep, wrappers_pb2.DoubleValue, empty_pb2.Empty, False),
+        ("PanicStream", _panic_stream, empty_pb2.Empty, empty_pb2.Empty, True),
+        ("SlowPut", slow_put, rpc_pb2.PutRequest, rpc_pb2.PutResponse, False),
     ]
     handlers = {}
-    for name, fn, req_cls, streaming in methods:
+    for name, fn, req_cls, resp_cls, streaming in methods:
         info = MethodInfo(SERVICE, name, f"/{SERVICE}/{name}", False, streaming, req_cls)
         for layer in layers:
             fn = layer(info, fn)
@@ -65,6 +74,6 @@ def fault_handler(layers: Sequence[Layer]) -> grpc.GenericRpcHandler:
         handlers[name] = make(
             fn,
             request_deserializer=req_cls.FromString,
-            response_serializer=empty_pb2.Empty.SerializeToString,
+            response_serializer=resp_cls.SerializeToString,
         )
     return grpc.method_handlers_generic_handler(SERVICE, handlers)
