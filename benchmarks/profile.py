@@ -79,7 +79,8 @@ def main() -> int:
         client = Client(uvloop=False)
         raw = work / "profile.txt"
         cmd = [spy, "record", "--pid", str(t.pid), "--rate", str(a.rate), "--format", "raw", "-o", str(raw)]
-        cmd += ["--duration", str(int(a.seconds)), "--nonblocking"] + (["--native"] if a.native else [])
+        # --native needs to stop the process for each sample; without it sampling does not pause it.
+        cmd += ["--duration", str(int(a.seconds))] + (["--native"] if a.native else ["--nonblocking"])
         spy_proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         res = client.ask(
             {
@@ -95,7 +96,9 @@ def main() -> int:
             },
             timeout=a.seconds + 300,
         )
-        spy_proc.wait(60)
+        _, err = spy_proc.communicate(timeout=60)
+        if not raw.exists():
+            raise SystemExit(f"py-spy wrote nothing: {err.decode(errors='replace')[-2000:]}")
         cpu = res.get("server_cpu_s", 0) / res["ops"] * 1e6 if res.get("ops") else 0
         print(f"{a.target} {a.workload}@{a.concurrency}: {res.get('rate', 0):.0f} ops/s, {cpu:.0f} us CPU/op")
         print(top(raw, a.top))

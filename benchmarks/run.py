@@ -59,6 +59,7 @@ WHAT = {
 TARGETS = {
     "etcd": ("etcd", []),
     "metastore": ("metastore", []),
+    "metastore-uvloop": ("metastore", ["--uvloop"]),
     "floor": ("floor", ["--shape", "threads", "--workers", "2"]),
     "floor-aio": ("floor", ["--shape", "aio"]),
 }

@@ -27,7 +27,9 @@ def clean_env(src: Path = ROOT) -> dict[str, str]:
     """
     env = dict(os.environ)
     env.pop("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", None)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(src), env.get("PYTHONPATH", "")) if p)
+    # src first (metastore from an exported revision), then this checkout (benchmarks.launch).
+    paths = dict.fromkeys([str(src), str(ROOT), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     return env
 
 
@@ -115,10 +117,13 @@ class Target:
                 *self.extra,
             ]
         if self.kind == "metastore":
+            # Launcher-only flags (benchmarks/launch.py) come first in extra.
+            launch = [x for x in self.extra if x in ("--uvloop", "--stats")]
+            module = ["benchmarks.launch", *launch] if launch else ["metastore_cli"]
             return [
                 sys.executable,
                 "-m",
-                "metastore_cli",
+                *module,
                 "serve",
                 "--data-dir",
                 str(self.data_dir),
@@ -128,7 +133,7 @@ class Target:
                 f"http://127.0.0.1:{free_port()}",
                 "--log-level",
                 "warning",
-                *self.extra,
+                *(x for x in self.extra if x not in launch),
             ]
         return [sys.executable, "-m", "benchmarks.floor_server", "--port", str(self.port), *self.extra]
 

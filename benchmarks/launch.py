@@ -1,0 +1,55 @@
+"""Run `metastore` with benchmark-only instrumentation, without changing the daemon.
+
+    python -m benchmarks.launch [--uvloop] [--stats] serve --data-dir ...
+
+--uvloop installs uvloop's event loop policy before the CLI calls asyncio.run (to evaluate it
+as an opt-in); --stats prints each committer's batch and entry counts to stderr at exit, so the
+group-commit batch size under load can be read from the server log.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import sys
+from typing import Any
+
+
+def _count_commits() -> None:
+    from metastore_core.server import committer
+
+    made: list[Any] = []
+    init = committer.Committer.__init__
+
+    def tracking_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        made.append(self)
+
+    committer.Committer.__init__ = tracking_init  # type: ignore[method-assign]
+
+    def report() -> None:
+        for c in made:
+            per = c.entries / c.batches if c.batches else 0.0
+            stats = {"batches": c.batches, "entries": c.entries, "entries_per_batch": round(per, 2)}
+            print("bench-stats " + json.dumps(stats), file=sys.stderr, flush=True)
+
+    atexit.register(report)
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    if "--uvloop" in args:
+        args.remove("--uvloop")
+        import uvloop
+
+        uvloop.install()
+    if "--stats" in args:
+        args.remove("--stats")
+        _count_commits()
+    from metastore_cli.main import app
+
+    app(args, prog_name="metastore")
+
+
+if __name__ == "__main__":
+    main()
