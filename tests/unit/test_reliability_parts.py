@@ -1,0 +1,273 @@
+"""The pure parts of the reliability layer: lifecycle phases, limits, memory levels, metrics, scrub."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import grpc
+import pytest
+
+from metastore_cli.serve import load_config
+from metastore_core.pb.mvccpb.kv_pb2 import KeyValue
+from metastore_core.server.lifecycle import PHASES, Lifecycle
+from metastore_core.server.limits import Limiter, MemoryLevel, MemoryMonitor, memory_level
+from metastore_core.server.metrics import GO_CODE_NAMES, RequestMetrics, grpc_type
+from metastore_core.server.recovery import PANIC_MESSAGE, Recovery
+from metastore_core.server.rpc import MethodInfo
+from metastore_core.storage import layout as L
+from metastore_core.storage.memory import MemoryStorage
+from metastore_core.storage.scrub import scrub
+
+
+# ---------------------------------------------------------------------- lifecycle
+async def test_phases_run_in_order_hooks_concurrent_within_a_phase() -> None:
+    lc = Lifecycle(timeout_s=5)
+    log: list[str] = []
+
+    def hook(name: str, delay: float) -> Any:
+        async def run() -> None:
+            log.append(f"start {name}")
+            await asyncio.sleep(delay)
+            log.append(f"end {name}")
+
+        return run
+
+    for phase in reversed(PHASES):
+        lc.on(phase, f"{phase}-a", hook(f"{phase}-a", 0.05))
+        lc.on(phase, f"{phase}-b", hook(f"{phase}-b", 0.01))
+    t0 = time.monotonic()
+    report = await lc.run()
+    assert time.monotonic() - t0 < 0.2 + 0.1  # four phases of ~0.05 s each, hooks in parallel
+    assert [p.phase for p in report.phases] == list(PHASES)
+    assert report.clean
+    for i, phase in enumerate(PHASES):
+        chunk = log[i * 4 : i * 4 + 4]
+        assert chunk[:2] == [f"start {phase}-a", f"start {phase}-b"]  # both started before either ended
+        assert set(chunk[2:]) == {f"end {phase}-a", f"end {phase}-b"}
+
+
+async def test_failing_hook_is_logged_and_shutdown_continues() -> None:
+    lc = Lifecycle(timeout_s=5)
+    ran: list[str] = []
+
+    async def boom() -> None:
+        raise RuntimeError("hook broke")
+
+    async def later() -> None:
+        ran.append("close")
+
+    lc.on(PHASES[1], "boom", boom)
+    lc.on(PHASES[3], "close", later)
+    report = await lc.run()
+    assert ran == ["close"]
+    assert "hook broke" in report.phases[1].error
+    assert not report.clean
+
+
+async def test_timeout_forces_the_remaining_phases() -> None:
+    lc = Lifecycle(timeout_s=0.2)
+    ran: list[str] = []
+
+    async def stuck() -> None:
+        await asyncio.sleep(30)
+
+    async def close() -> None:
+        ran.append("close")
+
+    lc.on(PHASES[1], "stuck", stuck)
+    lc.on(PHASES[3], "close", close)
+    t0 = time.monotonic()
+    report = await lc.run()
+    assert time.monotonic() - t0 < 1.5
+    assert report.timed_out and ran == ["close"]
+    assert report.phases[1].error.startswith("timed out")
+
+
+async def test_unknown_phase_refused() -> None:
+    with pytest.raises(ValueError, match="unknown shutdown phase"):
+        Lifecycle(1).on("later", "x", asyncio.sleep)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------- limits
+class FakeContext:
+    def __init__(self) -> None:
+        self.aborted: tuple[grpc.StatusCode, str] | None = None
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+        self.aborted = (code, details)
+        raise grpc.aio.AbortError()
+
+    def code(self) -> grpc.StatusCode | None:
+        return self.aborted[0] if self.aborted else None
+
+
+def _info(full: str = "/etcdserverpb.KV/Put", streaming: bool = False) -> MethodInfo:
+    service, name = full[1:].split("/")
+    return MethodInfo(service, name, full, streaming, streaming, object)  # type: ignore[arg-type]
+
+
+async def test_concurrency_limit_refuses_at_once_naming_the_limit() -> None:
+    lim = Limiter(max_requests=2, request_timeout_s=5, max_memory_bytes=0)
+    release = asyncio.Event()
+
+    async def handler(request: Any, context: Any) -> str:
+        await release.wait()
+        return "ok"
+
+    fn = lim.layer()(_info(), handler)
+    first = [asyncio.ensure_future(fn(None, FakeContext())) for _ in range(2)]
+    await asyncio.sleep(0)
+    ctx = FakeContext()
+    t0 = time.monotonic()
+    with pytest.raises(grpc.aio.AbortError):
+        await fn(None, ctx)
+    assert time.monotonic() - t0 < 0.01
+    assert ctx.aborted is not None and ctx.aborted[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "2 concurrent requests" in ctx.aborted[1] and "--max-concurrent-requests" in ctx.aborted[1]
+    release.set()
+    assert await asyncio.gather(*first) == ["ok", "ok"]
+    assert lim.requests == 0 and lim.refused == 1 and lim.peak_requests == 2
+
+
+async def test_memory_gate_refuses_writes_not_reads_and_exempts_admin() -> None:
+    lim = Limiter(max_requests=10, request_timeout_s=5, max_memory_bytes=100)
+    lim.memory_full = True
+
+    async def handler(request: Any, context: Any) -> str:
+        return "ok"
+
+    put = lim.layer()(_info("/etcdserverpb.KV/Put"), handler)
+    rng = lim.layer()(_info("/etcdserverpb.KV/Range"), handler)
+    admin = lim.layer()(_info("/metastore.admin.v1.Admin/GetStats"), handler)
+    ctx = FakeContext()
+    with pytest.raises(grpc.aio.AbortError):
+        await put(None, ctx)
+    assert ctx.aborted is not None and "--max-memory" in ctx.aborted[1]
+    assert await rng(None, FakeContext()) == "ok"
+    assert admin is handler
+    lim.memory_full = False
+    assert await put(None, FakeContext()) == "ok"
+
+
+def test_memory_levels() -> None:
+    cap = 1000
+    assert memory_level(500, cap) is MemoryLevel.OK
+    assert memory_level(850, cap) is MemoryLevel.COLLECT
+    assert memory_level(950, cap) is MemoryLevel.WARN
+    assert memory_level(1000, cap) is MemoryLevel.FULL
+    assert memory_level(10**12, 0) is MemoryLevel.OK  # no cap
+
+
+def test_memory_monitor_refuses_then_recovers_by_itself() -> None:
+    lim = Limiter(10, 5, max_memory_bytes=1000)
+    usage = [1200]
+    mon = MemoryMonitor(lim, 0.1, read=lambda: usage[0])
+    assert mon.check() is MemoryLevel.FULL and lim.memory_full
+    usage[0] = 400
+    assert mon.check() is MemoryLevel.OK and not lim.memory_full
+
+
+def test_presets_and_precedence(tmp_path: Any) -> None:
+    cfg = load_config(None, {"preset": "high-load"})
+    assert (cfg.max_connections, cfg.max_concurrent_requests, cfg.max_memory_bytes) == (
+        50_000,
+        20_000,
+        8 << 30,
+    )
+    assert (cfg.max_recv_bytes, cfg.request_timeout_s, cfg.connection_timeout_s) == (8 << 20, 60, 30)
+    assert cfg.shutdown_timeout_s == 60
+    safe = load_config(None, {"preset": "safe", "request_timeout_s": 3.0})
+    assert safe.enable_crc and safe.max_connections == 5000 and safe.request_timeout_s == 3.0
+    dflt = load_config(None, {})
+    assert (dflt.max_connections, dflt.max_concurrent_requests, dflt.max_memory_bytes) == (
+        10_000,
+        5_000,
+        2 << 30,
+    )
+    assert (dflt.max_recv_bytes, dflt.request_timeout_s, dflt.connection_timeout_s) == (4 << 20, 30, 10)
+    yml = tmp_path / "c.yaml"
+    yml.write_text("preset: safe\nmax-connections: 7\n")
+    cfg = load_config(yml, {"max_connections": 9})
+    assert cfg.max_connections == 9 and cfg.max_concurrent_requests == 2000
+
+
+# ---------------------------------------------------------------------- recovery and metrics
+async def test_recovery_layer_maps_panics_and_counts() -> None:
+    rec = Recovery()
+    metrics = RequestMetrics()
+    seen: list[str] = []
+    rec.handlers.append(lambda where, exc: seen.append(where))
+
+    async def bad(request: Any, context: Any) -> None:
+        raise KeyError("boom")
+
+    fn = rec.layer(metrics)(_info("/etcdserverpb.KV/Range"), bad)
+    ctx = FakeContext()
+    with pytest.raises(grpc.aio.AbortError):
+        await fn(None, ctx)
+    assert ctx.aborted == (grpc.StatusCode.INTERNAL, PANIC_MESSAGE)
+    assert rec.panic_count == 1 and seen == ["/etcdserverpb.KV/Range"]
+    m = metrics.methods[0]
+    assert m.started == 1 and m.handled[grpc.StatusCode.INTERNAL.value[0]] == 1
+
+
+async def test_safe_spawn_with_restart_gives_up_after_max() -> None:
+    rec = Recovery()
+    rec.restart_backoff = 0.001
+    runs = []
+
+    async def flaky() -> None:
+        runs.append(1)
+        raise RuntimeError("task died")
+
+    state = rec.safe_spawn_with_restart("flaky", flaky, max_restarts=3)
+    await asyncio.wait_for(state.task, 2)
+    assert len(runs) == 4 and state.restarts == 3 and state.failed
+    assert rec.panic_count == 4
+    ok = rec.safe_spawn("once", flaky)
+    await ok.task
+    assert ok.failed and rec.panic_count == 5
+
+
+def test_go_style_label_values() -> None:
+    assert GO_CODE_NAMES[grpc.StatusCode.FAILED_PRECONDITION.value[0]] == "FailedPrecondition"
+    assert GO_CODE_NAMES[grpc.StatusCode.CANCELLED.value[0]] == "Canceled"
+    assert GO_CODE_NAMES[grpc.StatusCode.UNAUTHENTICATED.value[0]] == "Unauthenticated"
+    assert len(GO_CODE_NAMES) == len(grpc.StatusCode)
+    assert grpc_type(_info()) == "unary"
+    assert grpc_type(_info(streaming=True)) == "bidi_stream"
+
+
+# ---------------------------------------------------------------------- scrub
+def _store(codec: L.RecordCodec) -> MemoryStorage:
+    s = MemoryStorage()
+    batch: list[tuple[bytes, bytes | None]] = []
+    for rev in range(2, 12):
+        kv = KeyValue(key=b"k%d" % rev, value=b"v", mod_revision=rev, create_revision=rev, version=1)
+        batch.append((L.rev_key(rev, 0), codec.encode(kv.SerializeToString())))
+    s.write(batch)
+    return s
+
+
+def test_scrub_clean_store() -> None:
+    codec = L.RecordCodec(True)
+    report = scrub(_store(codec), codec)
+    assert report.ok and report.records == 10
+
+
+def test_scrub_finds_flipped_payload_and_moved_revision() -> None:
+    codec = L.RecordCodec(True)
+    s = _store(codec)
+    key = L.rev_key(5, 0)
+    record = bytearray(s.get(key) or b"")
+    record[-1] ^= 0x01
+    s.write([(key, bytes(record))])
+    # a record whose key was changed (its payload still carries the old revision)
+    moved = s.get(L.rev_key(7, 0)) or b""
+    s.write([(L.rev_key(7, 0), None), (L.rev_key(70, 0), moved)])
+    report = scrub(s, codec)
+    assert not report.ok
+    assert any("CRC mismatch" in p for p in report.problems)
+    assert any("mod_revision 7" in p for p in report.problems)
