@@ -107,11 +107,11 @@ async def drive(
         for t in tasks:  # an UNIMPLEMENTED in warm-up surfaces here
             if t.done() and t.exception() is not None:
                 raise t.exception()  # type: ignore[misc]
-        cpu0, ccpu0, t0 = procfs.cpu_seconds(server_pid), time.process_time(), time.perf_counter()
+        cpu0, ccpu0, t0 = procfs.cpu_split(server_pid), time.process_time(), time.perf_counter()
         w.phase = 1
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(w.done.wait(), duration)
-        cpu1, ccpu1, t1 = procfs.cpu_seconds(server_pid), time.process_time(), time.perf_counter()
+        cpu1, ccpu1, t1 = procfs.cpu_split(server_pid), time.process_time(), time.perf_counter()
         w.phase = 2
         await asyncio.wait_for(asyncio.gather(*tasks), 30)
     finally:
@@ -127,7 +127,8 @@ async def drive(
         "rate": ops / seconds if seconds > 0 else 0.0,
         "p50_ms": _percentile(lat, 0.50) * 1e3,
         "p99_ms": _percentile(lat, 0.99) * 1e3,
-        "server_cpu_s": cpu1 - cpu0,
+        "server_cpu_s": sum(cpu1) - sum(cpu0),
+        "server_sys_s": cpu1[1] - cpu0[1],
         "client_cpu_s": ccpu1 - ccpu0,
         "errors": w.errors,
         "first_error": w.first_error,

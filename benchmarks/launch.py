@@ -1,10 +1,11 @@
 """Run `metastore` with benchmark-only instrumentation, without changing the daemon.
 
-    python -m benchmarks.launch [--uvloop] [--stats] serve --data-dir ...
+    python -m benchmarks.launch [--uvloop] [--stats] [--no-layers] serve --data-dir ...
 
 --uvloop installs uvloop's event loop policy before the CLI calls asyncio.run (to evaluate it
 as an opt-in); --stats prints each committer's batch and entry counts to stderr at exit, so the
-group-commit batch size under load can be read from the server log.
+group-commit batch size under load can be read from the server log; --no-layers serves
+without the reliability layer (recovery, limits, auth, metrics), to measure what it costs.
 """
 
 from __future__ import annotations
@@ -36,6 +37,17 @@ def _count_commits() -> None:
     atexit.register(report)
 
 
+def _no_layers() -> None:
+    from metastore_core.server import app
+
+    init = app.Server.__init__
+
+    def bare_init(self: Any, config: Any, layers: Any = None) -> None:
+        init(self, config, [] if layers is None else layers)
+
+    app.Server.__init__ = bare_init  # type: ignore[method-assign]
+
+
 def main() -> None:
     args = sys.argv[1:]
     if "--uvloop" in args:
@@ -46,6 +58,9 @@ def main() -> None:
     if "--stats" in args:
         args.remove("--stats")
         _count_commits()
+    if "--no-layers" in args:
+        args.remove("--no-layers")
+        _no_layers()
     from metastore_cli.main import app
 
     app(args, prog_name="metastore")

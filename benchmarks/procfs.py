@@ -8,12 +8,18 @@ import os
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of every thread of pid, in seconds."""
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(utime, stime) of every thread of pid, in seconds: user code, and the kernel on its behalf."""
     with open(f"/proc/{pid}/stat", "rb") as f:
         raw = f.read()
     fields = raw[raw.rindex(b")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
+    return int(fields[11]) / _TICK, int(fields[12]) / _TICK
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of every thread of pid, in seconds."""
+    user, system = cpu_split(pid)
+    return user + system
 
 
 def status_kib(pid: int, name: str) -> int:

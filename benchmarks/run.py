@@ -60,10 +60,12 @@ TARGETS = {
     "etcd": ("etcd", []),
     "metastore": ("metastore", []),
     "metastore-uvloop": ("metastore", ["--uvloop"]),
+    "metastore-no-layers": ("metastore", ["--no-layers"]),
     "floor": ("floor", ["--shape", "threads", "--workers", "2"]),
     "floor-aio": ("floor", ["--shape", "aio"]),
 }
 DEFAULT_TARGETS = ["etcd", "metastore", "floor", "floor-aio"]
+RELIABILITY_WORKLOADS = [("put", 1), ("put", 64), ("get", 64)]
 
 
 @dataclass
@@ -154,10 +156,12 @@ def run_matrix(
                 runs[t.name].append(out)
                 cpu_us = out["server_cpu_s"] / out["ops"] * 1e6 if out["ops"] else 0.0
                 busy = out["client_cpu_s"] / out["seconds"] * 100 if out["seconds"] else 0.0
+                sys_pct = out["server_sys_s"] / out["server_cpu_s"] * 100 if out["server_cpu_s"] else 0.0
                 err = f" errors={out['errors']} ({out['first_error']})" if out["errors"] else ""
                 log(
                     f"  {name:17} c={c:<3} {t.name:10} {out['rate']:9.0f} ops/s  p50 {out['p50_ms']:6.2f} ms"
-                    f"  p99 {out['p99_ms']:6.2f} ms  cpu {cpu_us:6.0f} us/op  client {busy:3.0f}% cpu{err}"
+                    f"  p99 {out['p99_ms']:6.2f} ms  cpu {cpu_us:6.0f} us/op ({sys_pct:2.0f}% sys)"
+                    f"  client {busy:3.0f}% cpu{err}"
                 )
         rows.append(summarize(name, c, runs, skipped))
     return rows
@@ -180,6 +184,7 @@ def summarize(
             "p50_ms": _stats([r["p50_ms"] for r in rs]),
             "p99_ms": _stats([r["p99_ms"] for r in rs]),
             "server_cpu_us": _stats([r["server_cpu_s"] / r["ops"] * 1e6 for r in rs if r["ops"]] or [0.0]),
+            "server_sys_us": _stats([r["server_sys_s"] / r["ops"] * 1e6 for r in rs if r["ops"]] or [0.0]),
             "client_cpu_us": _stats([r["client_cpu_s"] / r["ops"] * 1e6 for r in rs if r["ops"]] or [0.0]),
             "errors": sum(r["errors"] for r in rs),
             "runs": rs,
@@ -277,7 +282,8 @@ def markdown(result: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "Server CPU per operation, µs (median; from /proc/<pid>/stat utime+stime over the window), "
+        "Server CPU per operation, µs (median; from /proc/<pid>/stat utime+stime over the window; "
+        "sys = the kernel's share: syscalls, fsync, thread wake-ups), "
         "latency p50/p99 in ms, and the client's own CPU per op (one Python process). "
         "cpu ms/floor is metastore's CPU per op over the floor's (target ≤ 1.25).",
         "",
@@ -298,7 +304,9 @@ def markdown(result: dict[str, Any]) -> str:
                 cpu.append("-")
                 lat.append("-")
                 continue
-            cpu.append(f"{t['server_cpu_us']['median']:.0f}")
+            cpu_med = t["server_cpu_us"]["median"]
+            sys_share = t.get("server_sys_us", {"median": 0.0})["median"] / cpu_med * 100 if cpu_med else 0.0
+            cpu.append(f"{cpu_med:.0f} ({sys_share:.0f}% sys)")
             lat.append(f"{t['p50_ms']['median']:.2f} / {t['p99_ms']['median']:.2f}")
             client_cpu.append(f"{t['client_cpu_us']['median']:.0f}")
         ms = ts.get("metastore", {"skipped": ""})
@@ -343,7 +351,30 @@ def markdown(result: dict[str, Any]) -> str:
                 f"| {n} | {r['load_rate']:,.0f} | {r['rss_mib']:.0f} | {r['peak_rss_mib']:.0f} | "
                 f"{r['disk_mib']:.1f} | {r['restart_s']:.2f} | {r['rss_after_restart_mib']:.0f} |"
             )
-    lines += ["", f"Reliability layer on vs off: {result['reliability']}"]
+    lines += [
+        "",
+        "Reliability layer (recovery, limits, auth, metrics) on vs off, two fresh metastores "
+        "in the same run (spec budget: < 1 % throughput, < 20 µs per request):",
+        "",
+    ]
+    rel = result["reliability"]
+    if isinstance(rel, str):
+        lines.append(rel)
+    else:
+        lines += [
+            "| workload | c | on ops/s | off ops/s | on/off | on µs/op | off µs/op | cost µs/op |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for row in rel:
+            on, off = row["targets"]["layers-on"], row["targets"]["layers-off"]
+            if "skipped" in on or "skipped" in off:
+                lines.append(f"| {row['workload']} | {row['concurrency']} | - | - | - | - | - | - |")
+                continue
+            con, coff = on["server_cpu_us"]["median"], off["server_cpu_us"]["median"]
+            lines.append(
+                f"| {row['workload']} | {row['concurrency']} | {_fmt_rate(on['rate'])} | "
+                f"{_fmt_rate(off['rate'])} | {_ratio(on, off)} | {con:.0f} | {coff:.0f} | {con - coff:+.0f} |"
+            )
     lines += ["", "Workloads: " + "; ".join(f"**{k}** {v}" for k, v in WHAT.items()) + "."]
     return "\n".join(lines) + "\n"
 
@@ -429,13 +460,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--load-keys", type=int, help="keys for the load/restart test [100000]; 0 skips it")
     ap.add_argument(
         "--metastore-rev",
-        help="run metastore from this git revision (exported to the temp dir) instead of the working tree",
+        help="run metastore from this git revision (exported to the temp dir) or source directory "
+        "instead of the working tree",
     )
     ap.add_argument(
         "--compare-rev",
         help="also run metastore from this git revision, as target metastore@REV (before/after)",
     )
     ap.add_argument("--metastore-arg", action="append", default=[], help="extra `metastore serve` flag")
+    ap.add_argument("--no-reliability", action="store_true", help="skip the layer on/off comparison")
     ap.add_argument("--channels", type=int, default=4, help="client channels (TCP connections) [4]")
     ap.add_argument("--uvloop-client", action="store_true", help="run the load client on uvloop")
     ap.add_argument("--out", type=Path, default=RESULTS, help="where to write latest.json/latest.md")
@@ -472,7 +505,10 @@ def main(argv: list[str] | None = None) -> int:
     log(f"bench: workdir {work}; load average {load_before}")
     metastore_src, metastore_label = ROOT, f"{git_rev()} working tree{git_dirty()}"
     try:
-        if a.metastore_rev:
+        if a.metastore_rev and Path(a.metastore_rev).is_dir():
+            metastore_src = Path(a.metastore_rev).resolve()
+            metastore_label = f"tree at {metastore_src}"
+        elif a.metastore_rev:
             metastore_src = work / "src"
             metastore_label = export_rev(a.metastore_rev, metastore_src)
         for n in names:
@@ -480,8 +516,12 @@ def main(argv: list[str] | None = None) -> int:
             extra = extra + (a.metastore_arg if kind == "metastore" else [])
             src = metastore_src if kind == "metastore" else ROOT
             if n.startswith("metastore@"):
-                src = work / "src-compare"
-                export_rev(n.partition("@")[2], src)
+                rev = n.partition("@")[2]
+                if Path(rev).is_dir():  # a saved copy of a tree, e.g. before an uncommitted change
+                    src = Path(rev).resolve()
+                else:
+                    src = work / "src-compare"
+                    export_rev(rev, src)
             t = Target(n, kind, work, extra, src=src)
             t.start()
             targets.append(t)
@@ -489,6 +529,18 @@ def main(argv: list[str] | None = None) -> int:
         client = Client(a.uvloop_client)
         rows = run_matrix(client, targets, s, selected, log)
         peak = {t.name: procfs.status_kib(t.pid, "VmHWM") / 1024 for t in targets}
+        reliability: list[dict[str, Any]] | str = "not run (needs the metastore target; --no-reliability)"
+        if "metastore" in names and not a.no_reliability:
+            pair = []
+            for n, extra in (("layers-on", []), ("layers-off", ["--no-layers"])):
+                t = Target(n, "metastore", work, extra + a.metastore_arg, src=metastore_src)
+                t.start()
+                targets.append(t)
+                pair.append(t)
+            log("bench: reliability layer on vs off")
+            reliability = run_matrix(client, pair, s, RELIABILITY_WORKLOADS, log)
+            for t in pair:
+                t.stop()
         load: dict[str, Any] | None = None
         if s.load_keys:
             load = {"keys": s.load_keys, "servers": {}}
@@ -536,8 +588,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
         "skips": skips,
         "load": load,
-        "reliability": "TODO: no flag to turn the reliability layer off exists yet "
-        "(measure with --metastore-arg once it does)",
+        "reliability": reliability,
     }
     md = markdown(result)
     a.out.mkdir(parents=True, exist_ok=True)

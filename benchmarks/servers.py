@@ -118,7 +118,7 @@ class Target:
             ]
         if self.kind == "metastore":
             # Launcher-only flags (benchmarks/launch.py) come first in extra.
-            launch = [x for x in self.extra if x in ("--uvloop", "--stats")]
+            launch = [x for x in self.extra if x in ("--uvloop", "--stats", "--no-layers")]
             module = ["benchmarks.launch", *launch] if launch else ["metastore_cli"]
             return [
                 sys.executable,
