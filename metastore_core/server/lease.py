@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -60,6 +61,7 @@ class LeaseService:
         self.expired_total = 0
         self.stalls = 0
         self.last_tick = 0.0  # monotonic time the expiry loop last ran (a health checker reads it)
+        self.lateness: deque[float] = deque(maxlen=4096)  # seconds past the deadline at revocation
 
     # ---------------------------------------------------------------- RPCs
     async def LeaseGrant(
@@ -157,7 +159,17 @@ class LeaseService:
             await asyncio.sleep(delay)
 
     async def _revoke_due(self, due: list[int]) -> None:
+        t0 = self.clock()
         results = await asyncio.gather(*(self._expire(lid) for lid in due), return_exceptions=True)
+        if log.isEnabledFor(logging.DEBUG):
+            late = list(self.lateness)[-len(due) :]
+            log.debug(
+                "expired %d leases in %.3fs, %.3f-%.3fs past deadline at apply",
+                len(due),
+                self.clock() - t0,
+                min(late, default=0),
+                max(late, default=0),
+            )
         for res in results:
             if isinstance(res, errors.MetastoreError):
                 # Not durable (storage failed): the lease stays due and is retried next tick.
@@ -169,10 +181,13 @@ class LeaseService:
 
     async def _expire(self, lease_id: int) -> None:
         # Check and apply in one step (no await between): a renewal that got in first wins.
-        if not self.lessor.is_due(lease_id, self.clock()):
+        lease, now = self.lessor.get(lease_id), self.clock()
+        if lease is None or lease.expiry > now:
             return
+        late = now - lease.expiry
         await self.node.write(pb.LeaseRevokeRequest(ID=lease_id))
         self.expired_total += 1
+        self.lateness.append(late)
 
     # ---------------------------------------------------------------- checkpoints
     async def run_checkpoints(self) -> None:
@@ -180,7 +195,10 @@ class LeaseService:
         while True:
             await asyncio.sleep(self.checkpoint_interval)
             due = self.lessor.checkpoints_due(self.clock(), self.checkpoint_interval)
-            await self._write_checkpoints(due)
+            try:
+                await self._write_checkpoints(due)
+            except errors.MetastoreError as exc:  # storage failed: try again next interval
+                log.warning("lease checkpoint failed: %s", exc)
 
     async def checkpoint(self) -> int:
         """Record every lease's exact remaining TTL (shutdown's persist phase); returns the count."""
