@@ -222,8 +222,12 @@ class LeaseService:
                 stream.task.cancel()
 
     async def close(self) -> None:
-        """Shutdown hook: end the streams, then checkpoint every lease."""
+        """Shutdown's drain hook: end the KeepAlive streams (so no renewal follows the checkpoint)."""
         self.end_streams()
+
+    async def persist(self) -> None:
+        """Shutdown's persist hook: checkpoint every lease's exact remaining TTL."""
+        self.end_streams()  # in case the drain phase was skipped
         try:
             n = await self.checkpoint()
             log.info("checkpointed %d leases", n)

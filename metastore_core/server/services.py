@@ -69,6 +69,7 @@ def build_services(node: Node) -> list[Service]:
             (rpc_pb2,),
             tasks=[lease.run_expiry, lease.run_checkpoints],
             close=lease.close,
+            persist=lease.persist,
         ),
         Service(v3lock_pb2.DESCRIPTOR.services_by_name["Lock"], LockService(node, contenders), (v3lock_pb2,)),
         Service(
