@@ -20,6 +20,11 @@ Rules (etcd 3.4/3.5 behaviour unless noted):
 4.  Live events: one response per watcher per revision, header revision = that
     revision; the events of one revision are never split (unless the watcher
     asked for `fragment` and the response is larger than the request limit).
+    When a stream falls behind (several revisions buffered for one watcher at
+    send time), they go out as one response of whole revisions, header = the
+    newest, exactly like etcd's catch-up responses: one gRPC message costs far
+    more in Python than the events in it, so this is what keeps a loaded
+    stream from falling further behind.
 5.  A progress request is answered with watch_id -1 and the newest revision R
     such that every event up to R has already been handed out on this stream
     (the current revision when all watchers are in sync, as fixed etcd does).
@@ -67,6 +72,7 @@ class WatchLimits:
     """Bounds of the watch fan-out (see the module doc, 'Slow consumers')."""
 
     buffer_events: int = 1024  # live events buffered per watcher before it turns victim
+    buffer_bytes: int = 4 << 20  # ... or live event bytes, whichever comes first
     max_lag_revisions: int = 100_000  # a victim further behind than this is cancelled
     catchup_revisions: int = 1000  # revisions per catch-up response (etcd: watchBatchMaxRevs)
     catchup_bytes: int = 1 << 20  # a catch-up response stops at a revision boundary past this
@@ -111,6 +117,7 @@ class Watcher:
 
     __slots__ = (
         "buffer",
+        "buffered_bytes",
         "buffered_events",
         "closing",
         "end",
@@ -143,9 +150,10 @@ class Watcher:
         self.victim = False  # fell out of sync because its buffer was full
         self.closing = False  # cancelled by the server; drains its buffer, then goes
         self.sent_since_tick = False
-        # (first revision inside, events counted, response); responses handed out in order
-        self.buffer: deque[tuple[int, int, pb.WatchResponse]] = deque()
+        # (first revision inside, events, event bytes, response), handed out in order
+        self.buffer: deque[tuple[int, int, int, pb.WatchResponse]] = deque()
         self.buffered_events = 0
+        self.buffered_bytes = 0
 
     @property
     def single_key(self) -> bool:
@@ -235,9 +243,9 @@ class WatchHub:
             return
         header = pb.ResponseHeader()
         self.header(header, rev)
-        variants: dict[tuple[bool, bool, bool], list[Event]] = {}
+        variants: dict[tuple[bool, bool, bool], tuple[list[Event], int]] = {}
         prev_cache: dict[bytes, Event] = {}
-        limit = self.limits.buffer_events
+        limit, limit_bytes = self.limits.buffer_events, self.limits.buffer_bytes
         for w, evs in matched.items():
             if w.closing or rev < w.next_rev:
                 continue
@@ -248,30 +256,36 @@ class WatchHub:
                 continue
             if len(evs) == len(events):  # the whole revision: share one prepared list
                 vkey = (w.prev_kv, w.noput, w.nodelete)
-                out = variants.get(vkey)
-                if out is None:
-                    out = variants[vkey] = self._prepare(w, evs, prev_cache)
+                prepared = variants.get(vkey)
+                if prepared is None:
+                    prepared = variants[vkey] = self._prepare(w, evs, prev_cache)
             else:
-                out = self._prepare(w, evs, prev_cache)
+                prepared = self._prepare(w, evs, prev_cache)
+            out, size = prepared
             w.next_rev = rev + 1
             if not out:
                 continue
-            if w.buffered_events and w.buffered_events + len(out) > limit:
+            if w.buffered_events and (
+                w.buffered_events + len(out) > limit or w.buffered_bytes + size > limit_bytes
+            ):
                 self._make_victim(w, rev)
                 woken.add(w.session)
                 continue
             resp = pb.WatchResponse(header=header, watch_id=w.id, events=out)
-            w.buffer.append((rev, len(out), resp))
+            w.buffer.append((rev, len(out), size, resp))
             w.buffered_events += len(out)
+            w.buffered_bytes += size
             w.session._ready[w] = None
             woken.add(w.session)
 
-    def _prepare(self, w: Watcher, evs: list[Event], prev_cache: dict[bytes, Event]) -> list[Event]:
-        """The events w gets: filtered, with prev_kv filled when asked."""
+    def _prepare(
+        self, w: Watcher, evs: list[Event], prev_cache: dict[bytes, Event]
+    ) -> tuple[list[Event], int]:
+        """The events w gets (filtered, with prev_kv filled when asked) and their size."""
         out = [ev for ev in evs if w.wants(ev)] if (w.noput or w.nodelete) else evs
         if w.prev_kv:
             out = [self._with_prev(ev, prev_cache) for ev in out]
-        return out
+        return out, sum(ev.ByteSize() for ev in out)
 
     def _with_prev(self, ev: Event, cache: dict[bytes, Event] | None = None) -> Event:
         key = ev.kv.key
@@ -383,7 +397,7 @@ class WatchSession:
         self.hub._remove(w)
         self._ready.pop(w, None)
         w.buffer.clear()
-        w.buffered_events = 0
+        w.buffered_events = w.buffered_bytes = 0
         w.closing = True
 
     def progress_rev(self) -> int:
@@ -404,7 +418,7 @@ class WatchSession:
             if w.progress_notify and w.synced and not w.buffer and not w.sent_since_tick and not w.closing:
                 resp = pb.WatchResponse(watch_id=w.id)
                 self.hub.header(resp.header, rev)
-                w.buffer.append((rev + 1, 0, resp))
+                w.buffer.append((rev + 1, 0, 0, resp))
                 self._ready[w] = None
                 queued = True
             w.sent_since_tick = False
@@ -425,10 +439,13 @@ class WatchSession:
             if not w.buffer and not w.synced and not w.closing:
                 self._catch_up(w)
             while w.buffer and len(out) < max_responses:
-                _, n, resp = w.buffer.popleft()
+                _, n, size, resp = w.buffer.popleft()
                 w.buffered_events -= n
+                w.buffered_bytes -= size
                 if n:
                     w.sent_since_tick = True
+                    if w.buffer and w.buffer[0][1]:
+                        resp = self._coalesce(w, resp, size)
                 if w.fragment:
                     out.extend(fragments(resp, limits.fragment_bytes))
                 else:
@@ -442,6 +459,25 @@ class WatchSession:
             elif w.synced:
                 self._ready.pop(w, None)
         return out
+
+    def _coalesce(self, w: Watcher, resp: pb.WatchResponse, size: int) -> pb.WatchResponse:
+        """Merge w's following event responses into resp (the consumer is behind).
+
+        Like a catch-up response: several whole revisions, header = the newest one.
+        Under load this turns one gRPC message per revision into one per send turn.
+        """
+        merged = pb.WatchResponse()
+        merged.CopyFrom(resp)
+        cap = self.hub.limits.catchup_bytes
+        buf = w.buffer
+        while buf and buf[0][1] and size + buf[0][2] <= cap:
+            _, n, more, nxt = buf.popleft()
+            w.buffered_events -= n
+            w.buffered_bytes -= more
+            size += more
+            merged.events.extend(nxt.events)
+            merged.header.revision = nxt.header.revision
+        return merged
 
     def _catch_up(self, w: Watcher) -> None:
         """Queue one catch-up response for w from the store (or end it: compacted, too slow)."""
@@ -460,7 +496,7 @@ class WatchSession:
             if events:
                 resp = pb.WatchResponse(watch_id=w.id, events=events)
                 hub.header(resp.header, current)
-                w.buffer.append((events[0].kv.mod_revision, len(events), resp))
+                w.buffer.append((events[0].kv.mod_revision, len(events), 0, resp))
                 w.buffered_events += len(events)
                 return
         w.synced = True
@@ -498,7 +534,7 @@ class WatchSession:
         self.hub._remove(w)
         w.closing = True
         w.synced = False
-        w.buffer.append((w.next_rev, 0, final))
+        w.buffer.append((w.next_rev, 0, 0, final))
         self._ready[w] = None
 
 

@@ -165,15 +165,27 @@ def test_live_events_one_response_per_revision_header_is_that_revision() -> None
     rig = Rig()
     s = rig.session()
     s.receive(create(b"a"))
-    rig.put("a", "1")
-    rig.put("b", "x")
-    rig.put("a", "2")
+    out: list[pb.WatchResponse] = []
+    for write in (lambda: rig.put("a", "1"), lambda: rig.put("b", "x"), lambda: rig.put("a", "2")):
+        write()
+        out += drain(s)  # a consumer that keeps up
     rig.delete(b"a")
-    out = drain(s)
+    out += drain(s)
     assert [r.header.revision for r in out] == [2, 4, 5]
     assert evs(out) == [(2, PUT, b"a", b"1"), (4, PUT, b"a", b"2"), (5, DELETE, b"a", b"")]
     dele = out[-1].events[0]
     assert dele.kv.create_revision == 0 and dele.kv.version == 0
+
+
+def test_behind_consumer_gets_whole_revisions_coalesced() -> None:
+    rig = Rig()
+    s = rig.session()
+    s.receive(create(b"a"))
+    for i in range(5):
+        rig.put("a", str(i))  # revs 2..6, nobody read yet
+    out = drain(s)
+    assert len(out) == 1 and out[0].header.revision == 6
+    assert [e.kv.mod_revision for e in out[0].events] == [2, 3, 4, 5, 6]
 
 
 def test_txn_and_range_delete_never_split() -> None:
@@ -181,8 +193,9 @@ def test_txn_and_range_delete_never_split() -> None:
     s = rig.session()
     s.receive(create(b"k", b"l"))
     rig.txn_puts(b"k1", b"k2", b"k3", b"k4", b"k5")
-    rig.delete(b"k", b"l")
     out = drain(s)
+    rig.delete(b"k", b"l")
+    out += drain(s)
     assert [(r.header.revision, len(r.events)) for r in out] == [(2, 5), (3, 5)]
 
 
@@ -295,8 +308,9 @@ def test_fragment_splits_large_responses_only_when_asked() -> None:
     s.receive(create(b"k", b"l", fragment=True))
     s.receive(create(b"k", b"l"))
     rig.txn_puts(*[b"k%d" % i for i in range(5)])
-    rig.write(pb.TxnRequest(success=[pb.RequestOp(request_put=pb.PutRequest(key=b"k1", value=big))]))
     out = drain(s)
+    rig.write(pb.TxnRequest(success=[pb.RequestOp(request_put=pb.PutRequest(key=b"k1", value=big))]))
+    out += drain(s)
     assert sum(1 for r in out if r.watch_id == 1) == 2
     assert sum(1 for r in out if r.watch_id == 0) == 2  # small revisions: no split needed
     rig.write(
