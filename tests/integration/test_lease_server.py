@@ -1,0 +1,120 @@
+"""The Lease adapter in-process: a stalled event loop does not expire leases early."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+
+import grpc
+
+from metastore_core.pb.etcdserverpb import rpc_pb2 as pb
+from metastore_core.pb.etcdserverpb import rpc_pb2_grpc
+from metastore_core.server.app import Server
+from metastore_core.server.config import Config
+from metastore_core.server.lease import LeaseService
+
+from conftest import free_port
+
+
+def _config() -> Config:
+    return Config(
+        backend="memory",
+        listen_client_urls=[f"http://127.0.0.1:{free_port()}"],
+        listen_metrics_urls=[f"http://127.0.0.1:{free_port()}"],
+    )
+
+
+def _lease(server: Server) -> LeaseService:
+    return next(s.servicer for s in server.services if isinstance(s.servicer, LeaseService))
+
+
+def _keep_alive_from_thread(endpoint: str, lease_id: int, at: float, out: list[int]) -> threading.Thread:
+    """Send one keep-alive at monotonic time `at` from another thread (its own gRPC client)."""
+
+    def run() -> None:
+        done = threading.Event()
+
+        def requests() -> Iterator[pb.LeaseKeepAliveRequest]:
+            time.sleep(max(0.0, at - time.monotonic()))
+            yield pb.LeaseKeepAliveRequest(ID=lease_id)
+            done.wait(10)
+
+        with grpc.insecure_channel(endpoint) as ch:
+            call = rpc_pb2_grpc.LeaseStub(ch).LeaseKeepAlive(requests())
+            out.append(next(call).TTL)
+            done.set()
+            call.cancel()
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+async def test_keep_alive_queued_during_a_stall_wins_over_expiry() -> None:
+    """The loop is blocked across the deadline; the keep-alive sent before it must renew."""
+    server = Server(_config())
+    await server.start()
+    endpoint = f"127.0.0.1:{server.ports[0]}"
+    svc = _lease(server)
+    try:
+        async with grpc.aio.insecure_channel(endpoint) as ch:
+            kv, leases = rpc_pb2_grpc.KVStub(ch), rpc_pb2_grpc.LeaseStub(ch)
+            lease = (await leases.LeaseGrant(pb.LeaseGrantRequest(TTL=2))).ID
+            t_grant = time.monotonic()
+            await kv.Put(pb.PutRequest(key=b"held", value=b"v", lease=lease))
+            got: list[int] = []
+            sender = _keep_alive_from_thread(endpoint, lease, t_grant + 1.5, got)
+            await asyncio.sleep(1.0)
+            time.sleep(2.0)  # the event loop stalls from ~1 s to ~3 s; the deadline (2 s) passes
+            for _ in range(100):
+                if got:
+                    break
+                await asyncio.sleep(0.02)
+            sender.join(5)
+            assert got == [2], "the keep-alive sent before the deadline must renew the lease"
+            assert svc.stalls >= 1
+            assert svc.expired_total == 0
+            resp = await kv.Range(pb.RangeRequest(key=b"held"))
+            assert [x.key for x in resp.kvs] == [b"held"]
+            # Without keep-alives it does expire, and its key goes with it.
+            deadline = time.monotonic() + 5
+            while (await kv.Range(pb.RangeRequest(key=b"held"))).kvs and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert not (await kv.Range(pb.RangeRequest(key=b"held"))).kvs
+            assert svc.expired_total == 1
+            assert all(x >= 0 for x in svc.lateness)
+    finally:
+        await server.stop()
+
+
+async def test_expiry_is_not_early_and_checkpoints_are_taken() -> None:
+    cfg = _config()
+    cfg.lease_checkpoint_interval_s = 0.2
+    server = Server(cfg)
+    await server.start()
+    endpoint = f"127.0.0.1:{server.ports[0]}"
+    svc = _lease(server)
+    lessor = svc.lessor
+    try:
+        async with grpc.aio.insecure_channel(endpoint) as ch:
+            leases = rpc_pb2_grpc.LeaseStub(ch)
+            ids = [(await leases.LeaseGrant(pb.LeaseGrantRequest(TTL=2 + i % 2))).ID for i in range(20)]
+            long = (await leases.LeaseGrant(pb.LeaseGrantRequest(TTL=60))).ID
+            await asyncio.sleep(0.8)
+            assert lessor.require(long).checkpoint in (59, 60)  # the periodic checkpoint ran
+            deadline = time.monotonic() + 6
+            while any(i in lessor.leases for i in ids) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert not any(i in lessor.leases for i in ids)
+            assert svc.expired_total == 20
+            assert min(svc.lateness) >= 0.0
+            # A keep-alive of the checkpointed lease clears its checkpoint before answering.
+            call = leases.LeaseKeepAlive()
+            await call.write(pb.LeaseKeepAliveRequest(ID=long))
+            assert (await call.read()).TTL == 60
+            assert lessor.require(long).checkpoint == 0
+            await call.done_writing()
+    finally:
+        await server.stop()
