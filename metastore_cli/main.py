@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import typer
 
+from metastore_cli.health import ProbeCommand, health
 from metastore_cli.serve import serve
 from metastore_cli.snapshot import app as snapshot_app
+from metastore_cli.stats import stats
+from metastore_cli.stop import stop
 from metastore_core import __version__
 
 app = typer.Typer(
@@ -34,3 +37,6 @@ def main(
 
 app.command()(serve)
 app.add_typer(snapshot_app, name="snapshot")
+app.command()(stop)
+app.command(cls=ProbeCommand)(health)
+app.command()(stats)

@@ -149,7 +149,7 @@ class Server:
                 )
             if faults.enabled(cfg.test_faults):
                 log.warning("TEST FAULT INJECTION ENABLED: never use this outside tests")
-                self.grpc.add_generic_rpc_handlers((faults.fault_handler(self.layers, node),))
+                self.grpc.add_generic_rpc_handlers((faults.fault_handler(self.layers, node, self.monitor),))
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)  # outside the layers
             for url in cfg.listen_client_urls:
                 addr = host_port(url)

@@ -9,6 +9,7 @@ exactly what recovery and limits do to a real handler:
     /metastore.testing.Faults/Sleep        unary, sleeps DoubleValue seconds
     /metastore.testing.Faults/PanicStream  server stream, one message then RuntimeError
     /metastore.testing.Faults/SlowPut      unary, sleeps 3 s, then a real Put (PutRequest)
+    /metastore.testing.Faults/Unhealthy    unary, adds a health checker that always fails
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import grpc
 from google.protobuf import empty_pb2, wrappers_pb2
 
 from metastore_core.pb.etcdserverpb import rpc_pb2
+from metastore_core.server.health import CheckResult, HealthMonitor
 from metastore_core.server.node import Node
 from metastore_core.server.rpc import Behaviour, Layer, MethodInfo
 
@@ -52,8 +54,16 @@ async def _panic_stream(request: Any, context: grpc.aio.ServicerContext) -> Asyn
     raise InjectedFault("injected stream failure")
 
 
-def fault_handler(layers: Sequence[Layer], node: Node) -> grpc.GenericRpcHandler:
+def fault_handler(layers: Sequence[Layer], node: Node, monitor: HealthMonitor) -> grpc.GenericRpcHandler:
     """The fault service, wrapped by layers like any other service."""
+
+    async def failing() -> CheckResult:
+        return CheckResult("injected", False, "injected by the fault service")
+
+    async def unhealthy(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        monitor.checkers.append(failing)
+        await monitor.evaluate()
+        return empty_pb2.Empty()
 
     async def slow_put(request: rpc_pb2.PutRequest, context: grpc.aio.ServicerContext) -> Any:
         await asyncio.sleep(3.0)
@@ -64,6 +74,7 @@ def fault_handler(layers: Sequence[Layer], node: Node) -> grpc.GenericRpcHandler
         ("Sleep", _sleep, wrappers_pb2.DoubleValue, empty_pb2.Empty, False),
         ("PanicStream", _panic_stream, empty_pb2.Empty, empty_pb2.Empty, True),
         ("SlowPut", slow_put, rpc_pb2.PutRequest, rpc_pb2.PutResponse, False),
+        ("Unhealthy", unhealthy, empty_pb2.Empty, empty_pb2.Empty, False),
     ]
     handlers = {}
     for name, fn, req_cls, resp_cls, streaming in methods:

@@ -1,0 +1,165 @@
+"""`metastore stats`: the daemon's live figures (limits, counters, storage, watch, lease)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import grpc
+import typer
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+from metastore_cli.ops import (
+    EXIT_BAD_CONNECTION,
+    EXIT_SERVER_ERROR,
+    check_write_out,
+    dial,
+    dump_json,
+    endpoints_option,
+    fail,
+    parse_endpoints,
+    to_json_obj,
+    write_out_option,
+)
+from metastore_core.pb.metastore.admin.v1 import admin_pb2, admin_pb2_grpc
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def human_duration(s: float) -> str:
+    s = int(s)
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    return (f"{d}d" if d else "") + (f"{h}h" if h or d else "") + f"{m}m{s}s"
+
+
+def _pct(used: int, cap: int) -> str:
+    return f" ({100 * used / cap:.1f}%)" if cap else ""
+
+
+def rows(s: admin_pb2.GetStatsResponse) -> list[tuple[str, str, str]]:
+    """(section, figure, value) for the human printers."""
+    alarms = ", ".join(s.alarms) or "none"
+    health = "SERVING" if s.serving else "NOT_SERVING: " + "; ".join(s.health_reasons)
+    out = [
+        ("daemon", "version", f"{s.version} (etcd API {s.etcd_api_version})"),
+        ("daemon", "member id", f"{s.member_id:x}"),
+        ("daemon", "pid", str(s.pid)),
+        ("daemon", "uptime", human_duration(s.uptime_seconds)),
+        ("daemon", "health", health),
+        ("daemon", "alarms", alarms),
+        ("limits", "connections", f"{s.connections_current} / {s.connections_max}"),
+        ("limits", "requests in flight", f"{s.requests_current} / {s.requests_max} (peak {s.requests_peak})"),
+        ("limits", "requests refused", str(s.requests_refused)),
+        ("limits", "open streams", str(s.active_streams)),
+        (
+            "limits",
+            "memory",
+            f"{human_bytes(s.memory_used_bytes)} / {human_bytes(s.memory_max_bytes)}"
+            + _pct(s.memory_used_bytes, s.memory_max_bytes),
+        ),
+        ("errors", "panics recovered", str(s.panic_count)),
+        ("errors", "validation errors", str(s.validation_error_count)),
+        ("storage", "backend", s.backend),
+        ("storage", "revision", str(s.revision)),
+        ("storage", "compact revision", str(s.compact_revision)),
+        ("storage", "keys", str(s.key_count)),
+        ("storage", "db size", human_bytes(s.db_size_bytes)),
+        ("watch/lease", "watchers", f"{s.watchers} on {s.watch_streams} streams"),
+        ("watch/lease", "leases", str(s.leases)),
+    ]
+    if s.last_shutdown:
+        total = sum(p.seconds for p in s.last_shutdown)
+        out.append(("last shutdown", "reason", s.last_shutdown_reason or "-"))
+        for p in s.last_shutdown:
+            out.append(
+                (
+                    "last shutdown",
+                    p.phase,
+                    f"{p.seconds * 1000:.1f} ms" + (f"  ERROR {p.error}" if p.error else ""),
+                )
+            )
+        out.append(("last shutdown", "total", f"{total * 1000:.1f} ms"))
+    return out
+
+
+def rich_table(endpoint: str, s: admin_pb2.GetStatsResponse) -> Table:
+    table = Table(title=f"metastore {endpoint}", title_justify="left")
+    table.add_column("section", style="dim")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    last = None
+    for section, figure, value in rows(s):
+        style = None
+        if (figure == "health" and not s.serving) or (figure == "alarms" and s.alarms):
+            style = "bold red"
+        table.add_row(section if section != last else "", figure, value, style=style)
+        last = section
+    return table
+
+
+def fetch(endpoint: str, dial_timeout: float, command_timeout: float) -> admin_pb2.GetStatsResponse:
+    ch = dial(endpoint, dial_timeout)
+    try:
+        return admin_pb2_grpc.AdminStub(ch).GetStats(admin_pb2.GetStatsRequest(), timeout=command_timeout)
+    finally:
+        ch.close()
+
+
+def stats(
+    endpoints: str = endpoints_option(),
+    write_out: str = write_out_option(),
+    watch: bool = typer.Option(False, "--watch", help="Refresh the table until Ctrl-C."),
+    interval: float = typer.Option(
+        2.0, "-i", "--interval", help="Seconds between refreshes with --watch [2]."
+    ),
+    dial_timeout: float = typer.Option(2.0, "--dial-timeout", help="Seconds to connect [2]."),
+    command_timeout: float = typer.Option(5.0, "--command-timeout", help="Seconds for the RPC [5]."),
+) -> None:
+    """Show limits, panic and validation error counts, storage, watch and lease figures."""
+    check_write_out(write_out)
+    eps = parse_endpoints(endpoints)
+
+    def get_all() -> list[tuple[str, admin_pb2.GetStatsResponse]]:
+        out = []
+        for ep in eps:
+            try:
+                out.append((ep, fetch(ep, dial_timeout, command_timeout)))
+            except grpc.FutureTimeoutError:
+                raise fail(f"cannot connect to {ep} within {dial_timeout:g}s", EXIT_BAD_CONNECTION) from None
+            except grpc.RpcError as exc:
+                raise fail(f"{ep}: {exc.code().name}: {exc.details()}", EXIT_SERVER_ERROR) from None
+        return out
+
+    if watch:
+        console = Console()
+        with Live(console=console, auto_refresh=False) as live:
+            try:
+                while True:
+                    live.update(Group(*(rich_table(ep, s) for ep, s in get_all())), refresh=True)
+                    time.sleep(interval)
+            except KeyboardInterrupt:
+                return
+    results = get_all()
+    if write_out == "json":
+        objs: list[dict[str, Any]] = [{"endpoint": ep, **to_json_obj(s)} for ep, s in results]
+        typer.echo(dump_json(objs if len(objs) > 1 else objs[0]))
+    elif write_out == "table":
+        console = Console()
+        for ep, s in results:
+            console.print(rich_table(ep, s))
+    else:
+        for ep, s in results:
+            if len(results) > 1:
+                typer.echo(f"[{ep}]")
+            for _, figure, value in rows(s):
+                typer.echo(f"{figure}: {value}")

@@ -1,0 +1,128 @@
+"""`metastore stop|health|stats` against a real daemon: output, exit codes, effects."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from google.protobuf import empty_pb2
+from reliability_kit import FAULTS, start_with_faults, stats
+
+from conftest import Proc, free_port, start_metastore
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "metastore_cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+def test_health_exit_codes(tmp_path: Path) -> None:
+    p = start_with_faults(tmp_path / "data")
+    try:
+        ep = f"--endpoints={p.endpoint}"
+        r = cli("health", ep)
+        assert r.returncode == 0, r.stderr
+        assert f"{p.endpoint} is SERVING" in r.stdout
+        doc = json.loads(cli("health", ep, "-w", "json").stdout)
+        assert doc["status"] == "SERVING" and doc["code"] == 0
+        assert "| SERVING |" in cli("health", ep, "-w", "table").stdout
+        assert cli("health", ep, "--service", "etcdserverpb.KV").returncode == 0
+        r = cli("health", ep, "--service", "no.such.Service")
+        assert r.returncode == 3 and "unknown service" in r.stderr
+        r = cli("health", "--bogus-flag")
+        assert r.returncode == 1
+        r = cli("health", ep, "--rpc-timeout", "0")
+        assert r.returncode == 1
+        r = cli("health", f"--endpoints=127.0.0.1:{free_port()}", "--connect-timeout", "0.5")
+        assert r.returncode == 2 and "failed to connect" in r.stderr
+        with grpc.insecure_channel(p.endpoint) as ch:
+            ch.unary_unary(
+                FAULTS + "Unhealthy",
+                request_serializer=empty_pb2.Empty.SerializeToString,
+                response_deserializer=empty_pb2.Empty.FromString,
+            )(empty_pb2.Empty(), timeout=5)
+        r = cli("health", ep)
+        assert r.returncode == 4 and "NOT_SERVING" in r.stderr
+        s = stats(p.endpoint)
+        assert not s.serving and any("injected" in x for x in s.health_reasons)
+    finally:
+        p.stop()
+
+
+def test_stop_waits_until_the_daemon_is_gone(tmp_path: Path) -> None:
+    p = start_metastore(tmp_path / "data")
+    r = cli("stop", f"--endpoints={p.endpoint}", "--reason", "test stop")
+    assert r.returncode == 0, r.stderr
+    assert f"(pid {p.pid}) stopped in" in r.stdout
+    assert p.proc.wait(1) == 0  # already gone when stop returned
+    assert "shutdown requested: admin: test stop" in p.output()
+    q = start_metastore(p.data_dir)
+    try:
+        s = stats(q.endpoint)
+        assert s.last_shutdown_reason == "admin: test stop"
+        assert [x.phase for x in s.last_shutdown] == [
+            "stop-accepting",
+            "drain",
+            "persist-state",
+            "close-resources",
+        ]
+    finally:
+        q.stop()
+
+
+def test_stop_without_a_daemon(tmp_path: Path) -> None:
+    r = cli("stop", f"--endpoints=127.0.0.1:{free_port()}", "--dial-timeout", "0.5")
+    assert r.returncode == 2 and "cannot connect" in r.stderr
+
+
+def test_stats_printers(metastore: Proc) -> None:
+    ep = f"--endpoints={metastore.endpoint}"
+    r = cli("stats", ep)
+    assert r.returncode == 0, r.stderr
+    for figure in ("connections: ", "requests in flight: 0 / 5000", "panics recovered: 0", "revision: 1"):
+        assert figure in r.stdout
+    doc = json.loads(cli("stats", ep, "-w", "json").stdout)
+    assert doc["connections_max"] == 10000 and doc["requests_max"] == 5000
+    assert doc["revision"] == 1 and doc["backend"] == "leveldb" and doc["serving"] is True
+    assert "panic_count" not in doc  # zero values left out, as etcdctl's JSON does
+    assert isinstance(doc["member_id"], int)
+    r = cli("stats", ep, "-w", "table")
+    assert r.returncode == 0 and "panics recovered" in r.stdout and "memory" in r.stdout
+    assert cli("stats", ep, "-w", "yaml").returncode != 0
+
+
+def test_stats_watch_refreshes_until_interrupted(metastore: Proc) -> None:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "metastore_cli",
+            "stats",
+            f"--endpoints={metastore.endpoint}",
+            "--watch",
+            "-i",
+            "0.2",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    time.sleep(3)
+    os.kill(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=10)
+    assert proc.returncode == 0
+    assert "panics recovered" in out
