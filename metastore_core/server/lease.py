@@ -57,7 +57,10 @@ class LeaseService:
         self.checkpoint_interval = checkpoint_interval
         self._streams: set[_Stream] = set()
         self._closed = False
-        # Figures for stats and tests.
+        # Figures for stats, metrics (etcd_debugging_lease_*_total) and tests.
+        self.granted_total = 0
+        self.revoked_total = 0  # by clients; expiry counts apart
+        self.renewed_total = 0
         self.expired_total = 0
         self.stalls = 0
         self.last_tick = 0.0  # monotonic time the expiry loop last ran (a health checker reads it)
@@ -69,6 +72,7 @@ class LeaseService:
     ) -> pb.LeaseGrantResponse:
         check_lease_id(r.ID)
         resp: pb.LeaseGrantResponse = await self.node.write(r)
+        self.granted_total += 1
         return resp
 
     async def LeaseRevoke(
@@ -76,6 +80,7 @@ class LeaseService:
     ) -> pb.LeaseRevokeResponse:
         check_lease_id(r.ID)
         resp: pb.LeaseRevokeResponse = await self.node.write(r)
+        self.revoked_total += 1
         return resp
 
     async def LeaseKeepAlive(
@@ -103,6 +108,8 @@ class LeaseService:
     async def _keep_alive(self, r: pb.LeaseKeepAliveRequest) -> pb.LeaseKeepAliveResponse:
         check_lease_id(r.ID)
         ttl = self.lessor.renew(r.ID, self.clock())
+        if ttl:
+            self.renewed_total += 1
         if ttl and self.lessor.needs_clear(r.ID):
             # A restart must not bring the lease back shorter than the TTL just promised.
             clear = pb.LeaseCheckpointRequest(checkpoints=[pb.LeaseCheckpoint(ID=r.ID, remaining_TTL=0)])
