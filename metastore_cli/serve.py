@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -20,6 +19,7 @@ import yaml
 
 from metastore_core.server.app import Server
 from metastore_core.server.config import Config
+from metastore_core.server.limits import PRESETS
 from metastore_core.storage.base import StorageError
 from metastore_core.storage.datadir import DataDirInUse
 
@@ -42,6 +42,10 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> Config:
                 raise typer.BadParameter(f"{path}: unknown option {key!r}")
             values[name] = value
     values.update({k: v for k, v in overrides.items() if v is not None})
+    preset = values.get("preset") or "default"
+    if preset not in PRESETS:
+        raise typer.BadParameter(f"unknown preset {preset!r}: want {', '.join(PRESETS)}")
+    values = {**PRESETS[preset], **values}
     if "data_dir" in values:
         values["data_dir"] = Path(values["data_dir"])
     for name in ("listen_client_urls", "advertise_client_urls", "listen_metrics_urls"):
@@ -124,6 +128,64 @@ def serve(
         help="Seconds a graceful stop may take [30].",
         env="METASTORE_SHUTDOWN_TIMEOUT",
     ),
+    preset: str = _opt(
+        None,
+        "--preset",
+        help="Limit set: default, high-load or safe (flags given explicitly win) [default].",
+        env="METASTORE_PRESET",
+    ),
+    max_connections: int = _opt(
+        None, "--max-connections", help="Client connections at once [10000].", env="METASTORE_MAX_CONNECTIONS"
+    ),
+    max_concurrent_requests: int = _opt(
+        None,
+        "--max-concurrent-requests",
+        help="Unary calls in flight at once; streams are counted apart [5000].",
+        env="METASTORE_MAX_CONCURRENT_REQUESTS",
+    ),
+    max_memory: int = _opt(
+        None,
+        "--max-memory",
+        help="Resident memory cap in bytes; at the cap writes are refused [2147483648].",
+        env="METASTORE_MAX_MEMORY",
+    ),
+    max_recv_bytes: int = _opt(
+        None,
+        "--max-recv-bytes",
+        help="Largest gRPC message accepted, in bytes (RESOURCE_EXHAUSTED above) [4194304].",
+        env="METASTORE_MAX_RECV_BYTES",
+    ),
+    request_timeout: float = _opt(
+        None,
+        "--request-timeout",
+        help="Seconds a unary call may take; a shorter client deadline wins [30].",
+        env="METASTORE_REQUEST_TIMEOUT",
+    ),
+    connection_timeout: float = _opt(
+        None,
+        "--connection-timeout",
+        help="Seconds a new connection has to finish its handshake [10].",
+        env="METASTORE_CONNECTION_TIMEOUT",
+    ),
+    memory_check_interval: float = _opt(
+        None,
+        "--memory-check-interval",
+        help="Seconds between memory checks [10].",
+        env="METASTORE_MEMORY_CHECK_INTERVAL",
+    ),
+    corrupt_check_on_start: bool = _opt(
+        None,
+        "--corrupt-check-on-start/--no-corrupt-check-on-start",
+        help="Verify every stored record before serving; refuse to start on corruption.",
+        env="METASTORE_CORRUPT_CHECK_ON_START",
+    ),
+    corrupt_check_interval: float = _opt(
+        None,
+        "--corrupt-check-interval",
+        help="Seconds between background scrubs of every record; 0 = off [0].",
+        env="METASTORE_CORRUPT_CHECK_INTERVAL",
+    ),
+    test_faults: bool = typer.Option(None, "--test-faults", hidden=True),
     watch_progress_notify_interval: float = _opt(
         None,
         "--watch-progress-notify-interval",
@@ -160,6 +222,17 @@ def serve(
         "enable_crc": enable_crc,
         "fsync": None if unsafe_no_fsync is None else not unsafe_no_fsync,
         "shutdown_timeout_s": shutdown_timeout,
+        "preset": preset,
+        "max_connections": max_connections,
+        "max_concurrent_requests": max_concurrent_requests,
+        "max_memory_bytes": max_memory,
+        "max_recv_bytes": max_recv_bytes,
+        "request_timeout_s": request_timeout,
+        "connection_timeout_s": connection_timeout,
+        "memory_check_interval_s": memory_check_interval,
+        "corrupt_check_on_start": corrupt_check_on_start,
+        "corrupt_check_interval_s": corrupt_check_interval,
+        "test_faults": test_faults,
         "watch_progress_notify_interval_s": watch_progress_notify_interval,
         "lease_checkpoint_interval_s": lease_checkpoint_interval,
         "log_level": log_level,
@@ -171,19 +244,16 @@ def serve(
         stream=sys.stderr,
     )
     try:
-        asyncio.run(_run(config))
+        code = asyncio.run(_run(config))
     except (DataDirInUse, StorageError, OSError, ValueError) as exc:
         typer.echo(f"Error: {exc}", err=True)
         raise typer.Exit(1) from None
+    if code:
+        raise typer.Exit(code)
 
 
-async def _run(config: Config) -> None:
+async def _run(config: Config) -> int:
+    """Serve until a signal, `metastore stop` or the Shutdown RPC; the exit code of the shutdown."""
     server = Server(config)
     await server.start()
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    logging.getLogger("metastore").info("signal received, shutting down")
-    await server.stop()
+    return await server.serve_until_stopped()

@@ -34,6 +34,16 @@ class Config:
     max_connections: int = 10_000
     connection_timeout_s: float = 10.0
     shutdown_timeout_s: float = 30.0
+    # Reliability layer (spec §4; presets in server/limits.py PRESETS)
+    preset: str = "default"  # default | high-load | safe: base values the other options override
+    max_concurrent_requests: int = 5_000  # unary calls in flight; streams are counted apart
+    max_memory_bytes: int = 2 << 30  # at the cap writes are refused, reads go on
+    request_timeout_s: float = 30.0  # a shorter client deadline wins
+    memory_check_interval_s: float = 10.0
+    health_check_interval_s: float = 1.0
+    corrupt_check_on_start: bool = False  # scrub every record before serving
+    corrupt_check_interval_s: float = 0.0  # periodic scrub; 0 = off
+    test_faults: bool = False  # hidden; also needs METASTORE_TEST_FAULTS=1 (server/faults.py)
     # Watch: etcd sends progress notifications every 10 minutes; the two bounds are
     # engine/watch.py's slow-consumer policy (per-watcher buffer, victim lag limit).
     watch_progress_notify_interval_s: float = 600.0
