@@ -14,9 +14,12 @@ Scenarios (every watcher watches the key that is written, unless said otherwise)
            Live watchers' latency p50/p99, server RSS growth, then the stalled stream is
            read and must hold every revision since it started, in order.
 
-Readers run in their own processes (2 for fanout) so the clients' Python cost does not sit on
-the writer's event loop; times are CLOCK_MONOTONIC, shared by all processes. Client CPU shares
-the machine's cores with the server, as in the other benchmarks here.
+Clients: latency figures use etcdctl (Go clientv3, `watch -i -w json`, one process per
+stream) because a Python client reading ~1M messages is itself the bottleneck (~50 us per
+message: it measured etcd at p50 16 s). Its output does not name the watcher, so those runs
+check counts per stream (every revision exactly once per watcher). `fanout-py` repeats the
+fan-out with Python readers that check order per watcher (metastore only unless --py-etcd).
+Times are CLOCK_MONOTONIC, shared by all processes; clients share the machine's cores.
 """
 
 from __future__ import annotations
@@ -25,9 +28,12 @@ import argparse
 import asyncio
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from array import array
 from pathlib import Path
@@ -105,10 +111,76 @@ async def reader(endpoint: str, streams: int, per: int, key: bytes, expect: int,
         await ch.close()
 
 
+def ctl_reader(endpoint: str, streams: int, per: int, key: bytes, expect: int, out: Path) -> None:
+    """Like reader(), with etcdctl (Go clientv3) as the client: one `etcdctl watch -i`
+    process per stream, per watchers each. Its JSON output does not name the watcher, so
+    the check is per stream: every revision exactly `per` times (complete, no duplicates)."""
+    with grpc.insecure_channel(endpoint) as ch:
+        rev = rpc_pb2_grpc.KVStub(ch).Range(pb.RangeRequest(key=b"\0")).header.revision + 1
+    exe = shutil.which("etcdctl") or "/usr/bin/etcdctl"
+    cmds = "".join(f"watch --rev={rev} {key.decode()}\n" for _ in range(per))
+    env = dict(os.environ, ETCDCTL_API="3")
+    procs = [
+        subprocess.Popen(
+            [exe, f"--endpoints={endpoint}", "watch", "-i", "-w", "json"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+        for _ in range(streams)
+    ]
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write(cmds.encode())
+        p.stdin.flush()
+    time.sleep(1.0)  # let the watchers be created (--rev makes the start race-free anyway)
+    print("ready", flush=True)
+    revs, times = array("q"), array("d")
+    bad = 0
+    lock = threading.Lock()
+    find = re.compile(rb'"mod_revision":(\d+)').findall
+
+    def read(p: subprocess.Popen[bytes]) -> None:
+        nonlocal bad
+        assert p.stdout is not None
+        counts: dict[int, int] = {}
+        got, want = 0, per * expect
+        for line in p.stdout:
+            now = time.monotonic()
+            found = [int(x) for x in find(line)]
+            with lock:
+                for r in found:
+                    revs.append(r)
+                    times.append(now)
+            for r in found:
+                counts[r] = counts.get(r, 0) + 1
+            got += len(found)
+            if got >= want:
+                break
+        with lock:
+            bad += sum(1 for n in counts.values() if n != per) + abs(len(counts) - expect)
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=read, args=(p,)) for p in procs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for p in procs:
+        p.kill()
+        p.wait()
+    with open(out, "wb") as f:
+        revs.tofile(f)
+        times.tofile(f)
+    print(json.dumps({"events": len(revs), "bad": bad, "cpu_s": time.monotonic() - t0}), flush=True)
+
+
 def spawn_reader(
-    endpoint: str, streams: int, per: int, key: bytes, expect: int, out: Path
+    endpoint: str, streams: int, per: int, key: bytes, expect: int, out: Path, client: str = "py"
 ) -> subprocess.Popen[str]:
-    args = [sys.executable, "-m", "benchmarks.watch_load", "--reader", endpoint, str(streams), str(per)]
+    mode = "--reader" if client == "py" else "--ctl-reader"
+    args = [sys.executable, "-m", "benchmarks.watch_load", mode, endpoint, str(streams), str(per)]
     args += [key.decode(), str(expect), str(out)]
     root = Path(__file__).resolve().parent.parent
     p = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, cwd=root, env=clean_env())
@@ -170,14 +242,14 @@ def summarize(lat: list[float], events: int, first_sent: float, last_recv: float
 
 
 async def fanout(
-    t: Target, streams: int, per: int, puts: int, conc: int, tag: str, work: Path
+    t: Target, streams: int, per: int, puts: int, conc: int, tag: str, work: Path, client: str
 ) -> dict[str, Any]:
     key = f"fan/{tag}".encode()
     procs = []
-    split = [streams // 2, streams - streams // 2] if streams > 1 else [1]
+    split = [streams // 2, streams - streams // 2] if streams > 1 and client == "py" else [streams]
     for i, n in enumerate(s for s in split if s):
         out = work / f"{t.name}-{tag}-{i}.bin"
-        procs.append((spawn_reader(t.endpoint, n, per, key, puts, out), out))
+        procs.append((spawn_reader(t.endpoint, n, per, key, puts, out, client), out))
     cpu0 = procfs.cpu_seconds(t.pid)
     sent = await write(t.endpoint, key, puts, conc)
     lat: list[float] = []
@@ -200,11 +272,12 @@ async def fanout(
         complete=events == streams * per * puts,
         server_cpu_s=procfs.cpu_seconds(t.pid) - cpu0,
         client_cpu_s=client_cpu,
+        client=client,
     )
     return res
 
 
-async def slow(t: Target, puts: int, work: Path) -> dict[str, Any]:
+async def slow(t: Target, puts: int, work: Path, client: str) -> dict[str, Any]:
     key = b"slow/hot"
     rss0 = procfs.status_kib(t.pid, "VmRSS")
     async with grpc.aio.insecure_channel(t.endpoint, options=[("stalled", 1)]) as ch:
@@ -213,7 +286,7 @@ async def slow(t: Target, puts: int, work: Path) -> dict[str, Any]:
         stalled = rpc_pb2_grpc.WatchStub(ch).Watch()
         await stalled.write(create(b"slow/", b"slow0"))  # never read until the end
         out = work / f"{t.name}-slow.bin"
-        p = spawn_reader(t.endpoint, 4, 25, key, puts, out)
+        p = spawn_reader(t.endpoint, 4, 25, key, puts, out, client)
         sent = await write(t.endpoint, key, puts, 1, bulk_every=10)
         lat, s = await asyncio.to_thread(collect, p, out, sent)
         rss1 = procfs.status_kib(t.pid, "VmRSS")
@@ -245,13 +318,16 @@ async def slow(t: Target, puts: int, work: Path) -> dict[str, Any]:
 async def bench(t: Target, a: argparse.Namespace, work: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if "fanout" in a.scenarios:
-        out["fanout"] = await fanout(t, 10, a.per_stream, a.puts, 1, "fanout", work)
+        out["fanout"] = await fanout(t, 10, a.per_stream, a.puts, 1, "fanout", work, "ctl")
         print(f"  {t.name} fanout: {out['fanout']}", flush=True)
+    if "fanout-py" in a.scenarios and (t.kind == "metastore" or a.py_etcd):
+        out["fanout_py"] = await fanout(t, 10, a.per_stream, a.puts, 1, "fanoutpy", work, "py")
+        print(f"  {t.name} fanout-py: {out['fanout_py']}", flush=True)
     if "one-key" in a.scenarios:
-        out["one_key"] = await fanout(t, 1, 64, a.one_key_puts, 16, "onekey", work)
+        out["one_key"] = await fanout(t, 1, 64, a.one_key_puts, 16, "onekey", work, "ctl")
         print(f"  {t.name} one-key: {out['one_key']}", flush=True)
     if "slow" in a.scenarios:
-        out["slow"] = await slow(t, a.puts, work)
+        out["slow"] = await slow(t, a.puts, work, "ctl")
         print(f"  {t.name} slow: {out['slow']}", flush=True)
     out["peak_rss_mib"] = procfs.status_kib(t.pid, "VmHWM") / 1024
     return out
@@ -261,8 +337,16 @@ def report(results: dict[str, dict[str, Any]]) -> str:
     rows = [
         ("fanout 1000 watchers/10 streams, 1000 puts: events/s", "fanout", ("events_per_s",), "{:,.0f}"),
         ("fanout delivery p50 / p99 / max ms", "fanout", ("p50_ms", "p99_ms", "max_ms"), "{:.1f}"),
-        ("fanout complete / order errors", "fanout", ("complete", "order_errors"), "{}"),
-        ("fanout server / client CPU s", "fanout", ("server_cpu_s", "client_cpu_s"), "{:.1f}"),
+        ("fanout complete / count errors", "fanout", ("complete", "order_errors"), "{}"),
+        ("fanout server CPU s", "fanout", ("server_cpu_s",), "{:.1f}"),
+        ("fanout, Python readers: events/s", "fanout_py", ("events_per_s",), "{:,.0f}"),
+        ("fanout, Python readers: p50 / p99 ms", "fanout_py", ("p50_ms", "p99_ms"), "{:.1f}"),
+        (
+            "fanout, Python readers: complete / per-watcher order errors",
+            "fanout_py",
+            ("complete", "order_errors"),
+            "{}",
+        ),
         ("one key, 64 watchers, 16 writers: events/s", "one_key", ("events_per_s",), "{:,.0f}"),
         ("one key delivery p50 / p99 ms", "one_key", ("p50_ms", "p99_ms"), "{:.1f}"),
         ("slow consumer: live p50 / p99 / max ms", "slow", ("p50_ms", "p99_ms", "max_ms"), "{:.1f}"),
@@ -287,13 +371,17 @@ def report(results: dict[str, dict[str, Any]]) -> str:
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "--reader":
+    if len(sys.argv) > 1 and sys.argv[1] in ("--reader", "--ctl-reader"):
         ep, streams, per, key, expect, out = sys.argv[2:8]
-        asyncio.run(reader(ep, int(streams), int(per), key.encode(), int(expect), Path(out)))
+        if sys.argv[1] == "--reader":
+            asyncio.run(reader(ep, int(streams), int(per), key.encode(), int(expect), Path(out)))
+        else:
+            ctl_reader(ep, int(streams), int(per), key.encode(), int(expect), Path(out))
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--targets", default="etcd,metastore")
-    ap.add_argument("--scenarios", default="fanout,one-key,slow")
+    ap.add_argument("--scenarios", default="fanout,fanout-py,one-key,slow")
+    ap.add_argument("--py-etcd", action="store_true", help="also run fanout-py on etcd (slow client)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--metastore-arg", action="append", default=[])
     ap.add_argument("--workdir", help="keep data dirs and server logs here (default: a temp dir)")

@@ -89,7 +89,7 @@ class WatchService:
     async def progress_loop(self) -> None:
         """Periodic progress notifications (etcd: every 10 minutes by default)."""
         while True:
-            await asyncio.sleep(self.progress_interval)
+            await asyncio.sleep(max(self.progress_interval, 0.05))
             self.hub.progress_tick()
 
     async def close(self, timeout: float = 2.0) -> None:
