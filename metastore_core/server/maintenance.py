@@ -11,7 +11,8 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import grpc
@@ -146,19 +147,24 @@ class MaintenanceService:
         self, r: pb.SnapshotRequest, ctx: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.SnapshotResponse]:
         view = self.node.storage.view()
+        # One thread per stream runs every step and, last, the cleanup: if the client goes away
+        # mid-step, the view is closed only after that step is done with its iterator.
+        worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metastore-snapshot")
+        loop = asyncio.get_running_loop()
+        blobs: Generator[bytes, None, None] | None = None
         try:
-            plan = await asyncio.to_thread(snapshot.plan, view)
+            plan = await loop.run_in_executor(worker, snapshot.plan, view)
             total = plan.body_size
             log.info(
                 "sending snapshot at revision %d: %d bytes", plan.header.revision, total + snapshot.TRAILER
             )
-            blobs: Iterator[bytes] = snapshot.encode(view, plan, SNAPSHOT_CHUNK)
+            blobs = gen = snapshot.encode(view, plan, SNAPSHOT_CHUNK)
             digest = hashlib.sha256()
             sent = 0
             finished = False
             while not finished:
                 # a few blobs per thread hop keep the hop cost small against the encoding
-                batch = await asyncio.to_thread(_take, blobs, 8)
+                batch = await loop.run_in_executor(worker, _take, gen, 8)
                 finished = len(batch) < 8
                 for blob in batch:
                     digest.update(blob)
@@ -170,7 +176,8 @@ class MaintenanceService:
             yield pb.SnapshotResponse(remaining_bytes=0, blob=digest.digest())
             self.snapshots += 1
         finally:
-            view.close()
+            worker.submit(_close, blobs, view)
+            worker.shutdown(wait=False)
 
     async def MoveLeader(
         self, r: pb.MoveLeaderRequest, ctx: grpc.aio.ServicerContext
@@ -181,6 +188,12 @@ class MaintenanceService:
     async def Downgrade(self, r: pb.DowngradeRequest, ctx: grpc.aio.ServicerContext) -> pb.DowngradeResponse:
         await ctx.abort(grpc.StatusCode.UNIMPLEMENTED, "metastore: Downgrade is not supported")
         raise AssertionError("unreachable")
+
+
+def _close(blobs: Generator[bytes, None, None] | None, view: StorageView) -> None:
+    if blobs is not None:
+        blobs.close()
+    view.close()
 
 
 def _take(it: Iterator[bytes], n: int) -> list[bytes]:

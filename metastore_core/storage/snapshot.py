@@ -31,7 +31,7 @@ import shutil
 import struct
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -166,7 +166,7 @@ def plan(view: StorageView) -> Plan:
     return Plan(header, size)
 
 
-def encode(view: StorageView, p: Plan, chunk: int = 32 * 1024) -> Iterator[bytes]:
+def encode(view: StorageView, p: Plan, chunk: int = 32 * 1024) -> Generator[bytes, None, None]:
     """The body of the snapshot (no trailer) in blobs of `chunk` bytes (the last may be shorter).
 
     The caller appends the SHA-256 of the concatenated blobs; `write` does that for files.

@@ -44,8 +44,10 @@ def test_status_defrag_hashkv_alarm_with_etcdctl(tmp_path: Path) -> None:
     p = start_metastore(tmp_path / "data")
     try:
         ep = p.endpoint
-        for i in range(30):
-            ctl_ok(ep, "put", f"k{i % 10}", "v" * 200 + str(i))
+        with grpc.insecure_channel(ep) as ch:
+            kv = rpc.KVStub(ch)
+            for i in range(30):
+                kv.Put(pb.PutRequest(key=b"k%d" % (i % 10), value=b"v" * 200 + b"%d" % i))
         ctl_ok(ep, "del", "k3")
         st = status(ep)
         assert st["header"]["revision"] == 32
@@ -101,10 +103,12 @@ def test_hashkv_is_the_same_on_two_data_dirs_with_the_same_writes(tmp_path: Path
     b = start_metastore(tmp_path / "b", "--enable-crc")
     try:
         for p in (a, b):
-            for i in range(20):
-                ctl_ok(p.endpoint, "put", f"key{i % 7}", f"value{i}")
-            ctl_ok(p.endpoint, "del", "key2")
-            ctl_ok(p.endpoint, "compaction", "10")
+            with grpc.insecure_channel(p.endpoint) as ch:
+                kv = rpc.KVStub(ch)
+                for i in range(20):
+                    kv.Put(pb.PutRequest(key=b"key%d" % (i % 7), value=b"value%d" % i))
+                kv.DeleteRange(pb.DeleteRangeRequest(key=b"key2"))
+                kv.Compact(pb.CompactionRequest(revision=10, physical=True))
         ha = ctl_ok(a.endpoint, "endpoint", "hashkv").split(", ")[1]
         hb = ctl_ok(b.endpoint, "endpoint", "hashkv").split(", ")[1]
         assert ha == hb

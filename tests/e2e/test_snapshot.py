@@ -5,25 +5,34 @@ from __future__ import annotations
 import json
 import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import grpc
 import pytest
+from typer.testing import CliRunner
 
+from metastore_cli.main import app
 from metastore_core.pb.etcdserverpb import rpc_pb2 as pb
 from metastore_core.pb.etcdserverpb import rpc_pb2_grpc as rpc
 
-from conftest import ROOT, etcdctl, start_metastore
+from conftest import etcdctl, start_metastore
 
 pytestmark = pytest.mark.peer
 
 
-def metastore(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "metastore_cli", *args], capture_output=True, text=True, cwd=ROOT, timeout=60
-    )
+class Result:
+    """What a CLI run gave: exit code and output, like subprocess.CompletedProcess."""
+
+    def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def metastore(*args: str) -> Result:
+    """Run the `metastore` CLI in-process (a new interpreter per call costs seconds on CI)."""
+    r = CliRunner().invoke(app, list(args))
+    if r.exception is not None and not isinstance(r.exception, SystemExit):
+        raise r.exception
+    return Result(r.exit_code, r.stdout, r.stderr)
 
 
 def populate(endpoint: str) -> tuple[int, int]:
@@ -32,7 +41,7 @@ def populate(endpoint: str) -> tuple[int, int]:
     with grpc.insecure_channel(endpoint) as ch:
         kv = rpc.KVStub(ch)
         lease = rpc.LeaseStub(ch).LeaseGrant(pb.LeaseGrantRequest(TTL=600)).ID
-        for i in range(250):
+        for i in range(150):
             key = b"app/%03d" % rnd.randrange(120)
             if rnd.random() < 0.1:
                 kv.DeleteRange(pb.DeleteRangeRequest(key=key))
