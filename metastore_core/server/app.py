@@ -219,6 +219,7 @@ class Server:
         self.monitor.before.append(self._sync_alarm_gate)
         rec.safe_spawn_with_restart("health-monitor", self.monitor.run, 1000)
         rec.safe_spawn_with_restart("memory-monitor", self.memory.run, 1000)
+        rec.safe_spawn_with_restart("request-timeouts", self.limiter.run_timeouts, 1000)
         if self.config.corrupt_check_interval_s > 0:
             rec.safe_spawn_with_restart("corrupt-check", self._periodic_scrub, 1000)
 
