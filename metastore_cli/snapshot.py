@@ -84,7 +84,7 @@ def save(
             with open(part, "wb") as out:
                 for msg in stub.Snapshot(rpc_pb2.SnapshotRequest()):
                     if progress is None and sys.stderr.isatty():
-                        progress = _Progress(received + len(msg.blob) + msg.remaining_bytes)
+                        progress = _Progress(received + len(msg.blob) + msg.remaining_bytes + S.TRAILER)
                     digest.update(last)
                     out.write(msg.blob)
                     received += len(msg.blob)
