@@ -548,7 +548,14 @@ def main(argv: list[str] | None = None) -> int:
                 if t.kind in ("etcd", "metastore"):
                     # A fresh server each: the matrix above left data behind.
                     t.stop()
-                    fresh = Target(t.name, t.kind, work, t.extra, data_dir=work / f"{t.name}-load", src=t.src)
+                    fresh = Target(
+                        t.name,
+                        t.kind,
+                        work,
+                        t.extra,
+                        data_dir=work / (t.name.replace("/", "_") + "-load"),
+                        src=t.src,
+                    )
                     fresh.start()
                     targets.append(fresh)
                     load["servers"][t.name] = load_and_restart(client, fresh, s.load_keys, log)

@@ -141,9 +141,10 @@ class Target:
         """Start and wait for the first answered Range; returns seconds from spawn to answer."""
         if not self.port:
             self.port = free_port()
+        safe = self.name.replace("/", "_")
         if self.data_dir is None:
-            self.data_dir = self.workdir / f"{self.name}-data"
-        log = self.workdir / f"{self.name}.log"
+            self.data_dir = self.workdir / f"{safe}-data"
+        log = self.workdir / f"{safe}.log"
         t0 = time.monotonic()
         with open(log, "ab") as out:
             self.proc = subprocess.Popen(
