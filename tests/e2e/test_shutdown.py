@@ -55,7 +55,7 @@ def test_sigterm_finishes_200_in_flight_writes_and_they_survive_restart(tmp_path
         assert p.proc.wait(15) == 0
         took = time.monotonic() - t0
     assert revisions == list(range(2, 202))
-    assert took < 5
+    assert took < 10  # the 3 s calls finish, then a quick shutdown (slack for a loaded machine)
     out = p.output()
     for phase in PHASES:
         assert re.search(rf"shutdown phase {phase} took \d+\.\d+s", out), phase
