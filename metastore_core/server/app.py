@@ -24,6 +24,7 @@ from metastore_core.server import faults
 from metastore_core.server.authz import auth_layer
 from metastore_core.server.config import Config, host_port
 from metastore_core.server.health import (
+    NOT_SERVING,
     HealthMonitor,
     HealthService,
     storage_checker,
@@ -151,6 +152,10 @@ class Server:
                 log.warning("TEST FAULT INJECTION ENABLED: never use this outside tests")
                 self.grpc.add_generic_rpc_handlers((faults.fault_handler(self.layers, node, self.monitor),))
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)  # outside the layers
+            # NOT_SERVING for every name until the checkers have run once
+            self.monitor.service_names = [svc.descriptor.full_name for svc in self.services]
+            for name in ["", *self.monitor.service_names]:
+                self.health.set(name, NOT_SERVING)
             for url in cfg.listen_client_urls:
                 addr = host_port(url)
                 try:
@@ -166,6 +171,11 @@ class Server:
             self._register_shutdown()
             await self.monitor.evaluate()
         except BaseException:
+            if self.http is not None:
+                await self.http.close()
+            if self.grpc is not None:
+                await self.grpc.stop(0)
+            await self.recovery.stop_tasks()
             await self._release()
             raise
         store = node.store
@@ -215,7 +225,6 @@ class Server:
             task_checker("lease", rec, lambda name: name.startswith("Lease.")),
             task_checker("tasks", rec, lambda name: not name.startswith("Lease."), require_alive=False),
         ]
-        self.monitor.service_names = [svc.descriptor.full_name for svc in self.services]
         self.monitor.before.append(self._sync_alarm_gate)
         rec.safe_spawn_with_restart("health-monitor", self.monitor.run, 1000)
         rec.safe_spawn_with_restart("memory-monitor", self.memory.run, 1000)
