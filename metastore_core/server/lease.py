@@ -10,8 +10,9 @@ deadline (at most `TICK`). If it wakes much later than it asked to, the event
 loop was stalled: keep-alives may be waiting in the queue, so it lets them run
 first and only then revokes what is still due. A lease is therefore never
 revoked early, and is revoked within a tick of its deadline when the loop is
-healthy. Each revocation re-checks the deadline in the same step that applies
-it, so a keep-alive that got in first always wins.
+healthy. Each revocation re-checks the deadline when it is decided, so a
+keep-alive that got in first always wins; one that comes after the decision
+gets TTL 0, as for a revoked lease.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class LeaseService:
         self.clock = node.clock
         self.checkpoint_interval = checkpoint_interval
         self._streams: set[_Stream] = set()
+        self._revoking: set[int] = set()  # decided to expire; a keep-alive now gets TTL 0
         self._closed = False
         # Figures for stats, metrics (etcd_debugging_lease_*_total) and tests.
         self.granted_total = 0
@@ -107,7 +109,7 @@ class LeaseService:
 
     async def _keep_alive(self, r: pb.LeaseKeepAliveRequest) -> pb.LeaseKeepAliveResponse:
         check_lease_id(r.ID)
-        ttl = self.lessor.renew(r.ID, self.clock())
+        ttl = 0 if r.ID in self._revoking else self.lessor.renew(r.ID, self.clock())
         if ttl:
             self.renewed_total += 1
         if ttl and self.lessor.needs_clear(r.ID):
@@ -187,12 +189,17 @@ class LeaseService:
                 raise res
 
     async def _expire(self, lease_id: int) -> None:
-        # Check and apply in one step (no await between): a renewal that got in first wins.
+        # The decision point: a renewal that got in before it wins; one after it gets TTL 0,
+        # even if the write path awaits (quota, alarms) before it applies the revocation.
         lease, now = self.lessor.get(lease_id), self.clock()
         if lease is None or lease.expiry > now:
             return
         late = now - lease.expiry
-        await self.node.write(pb.LeaseRevokeRequest(ID=lease_id))
+        self._revoking.add(lease_id)
+        try:
+            await self.node.write(pb.LeaseRevokeRequest(ID=lease_id))
+        finally:
+            self._revoking.discard(lease_id)
         self.expired_total += 1
         self.lateness.append(late)
 

@@ -118,3 +118,36 @@ async def test_expiry_is_not_early_and_checkpoints_are_taken() -> None:
             await call.done_writing()
     finally:
         await server.stop()
+
+
+async def test_a_keep_alive_never_answers_ttl_for_a_lease_being_revoked() -> None:
+    """If the write path awaits before applying a revocation, a keep-alive meanwhile gets TTL 0."""
+    server = Server(_config())
+    await server.start()
+    endpoint = f"127.0.0.1:{server.ports[0]}"
+    node = server.node
+    assert node is not None
+    real_check = node.guard.check
+    entered = asyncio.Event()
+
+    async def slow_check(command: object) -> None:
+        if isinstance(command, pb.LeaseRevokeRequest):
+            entered.set()
+            await asyncio.sleep(0.3)  # e.g. a quota check that has to flush first
+        await real_check(command)
+
+    node.guard.check = slow_check  # type: ignore[method-assign]
+    try:
+        async with grpc.aio.insecure_channel(endpoint) as ch:
+            leases = rpc_pb2_grpc.LeaseStub(ch)
+            lease = (await leases.LeaseGrant(pb.LeaseGrantRequest(TTL=2))).ID
+            await asyncio.wait_for(entered.wait(), 5)  # expiry decided, revocation not applied yet
+            call = leases.LeaseKeepAlive()
+            await call.write(pb.LeaseKeepAliveRequest(ID=lease))
+            assert (await call.read()).TTL == 0
+            await call.done_writing()
+            await asyncio.sleep(0.5)
+            assert node.lessor.get(lease) is None
+    finally:
+        node.guard.check = real_check  # type: ignore[method-assign]
+        await server.stop()
