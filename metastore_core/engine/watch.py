@@ -50,6 +50,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import groupby
+from typing import cast
 
 from metastore_core.mvcc.store import MVCCStore
 from metastore_core.pb.etcdserverpb import rpc_pb2 as pb
@@ -65,6 +66,11 @@ EMPTY_RANGE_REASON = "mvcc: watcher range is empty"
 SLOW_REASON = "metastore: watcher too slow: fell more than {limit} revisions behind the store"
 
 HeaderFiller = Callable[[pb.ResponseHeader, int], None]
+# A watcher's buffered output: (first revision inside, events, event bytes, header, body).
+# Live events stay (shared header, shared event list) until send time, so a revision costs a
+# tuple per watcher and a stream that is behind builds one response for many revisions;
+# everything else (catch-up, progress, cancel) is a ready response with header None.
+Entry = tuple[int, int, int, "pb.ResponseHeader | None", "pb.WatchResponse | list[Event]"]
 
 
 @dataclass(frozen=True)
@@ -151,7 +157,7 @@ class Watcher:
         self.closing = False  # cancelled by the server; drains its buffer, then goes
         self.sent_since_tick = False
         # (first revision inside, events, event bytes, response), handed out in order
-        self.buffer: deque[tuple[int, int, int, pb.WatchResponse]] = deque()
+        self.buffer: deque[Entry] = deque()
         self.buffered_events = 0
         self.buffered_bytes = 0
 
@@ -271,8 +277,7 @@ class WatchHub:
                 self._make_victim(w, rev)
                 woken.add(w.session)
                 continue
-            resp = pb.WatchResponse(header=header, watch_id=w.id, events=out)
-            w.buffer.append((rev, len(out), size, resp))
+            w.buffer.append((rev, len(out), size, header, out))
             w.buffered_events += len(out)
             w.buffered_bytes += size
             w.session._ready[w] = None
@@ -418,7 +423,7 @@ class WatchSession:
             if w.progress_notify and w.synced and not w.buffer and not w.sent_since_tick and not w.closing:
                 resp = pb.WatchResponse(watch_id=w.id)
                 self.hub.header(resp.header, rev)
-                w.buffer.append((rev + 1, 0, 0, resp))
+                w.buffer.append((rev + 1, 0, 0, None, resp))
                 self._ready[w] = None
                 queued = True
             w.sent_since_tick = False
@@ -439,13 +444,15 @@ class WatchSession:
             if not w.buffer and not w.synced and not w.closing:
                 self._catch_up(w)
             while w.buffer and len(out) < max_responses:
-                _, n, size, resp = w.buffer.popleft()
+                _, n, size, header, body = w.buffer.popleft()
                 w.buffered_events -= n
                 w.buffered_bytes -= size
                 if n:
                     w.sent_since_tick = True
-                    if w.buffer and w.buffer[0][1]:
-                        resp = self._coalesce(w, resp, size)
+                if header is None:
+                    resp = cast(pb.WatchResponse, body)
+                else:
+                    resp = self._live(w, header, cast(list[Event], body), size)
                 if w.fragment:
                     out.extend(fragments(resp, limits.fragment_bytes))
                 else:
@@ -460,24 +467,26 @@ class WatchSession:
                 self._ready.pop(w, None)
         return out
 
-    def _coalesce(self, w: Watcher, resp: pb.WatchResponse, size: int) -> pb.WatchResponse:
-        """Merge w's following event responses into resp (the consumer is behind).
+    def _live(
+        self, w: Watcher, header: pb.ResponseHeader, events: list[Event], size: int
+    ) -> pb.WatchResponse:
+        """The response for a live revision, merged with w's following live revisions if any.
 
-        Like a catch-up response: several whole revisions, header = the newest one.
-        Under load this turns one gRPC message per revision into one per send turn.
+        A stream that is behind gets them as one response of whole revisions, header = the
+        newest, like a catch-up response: one gRPC message costs far more than its events.
         """
-        merged = pb.WatchResponse()
-        merged.CopyFrom(resp)
-        cap = self.hub.limits.catchup_bytes
         buf = w.buffer
-        while buf and buf[0][1] and size + buf[0][2] <= cap:
-            _, n, more, nxt = buf.popleft()
-            w.buffered_events -= n
-            w.buffered_bytes -= more
-            size += more
-            merged.events.extend(nxt.events)
-            merged.header.revision = nxt.header.revision
-        return merged
+        if buf and buf[0][3] is not None:
+            cap = self.hub.limits.catchup_bytes
+            events = list(events)
+            while buf and buf[0][3] is not None and size + buf[0][2] <= cap:
+                _, n, more, nxt_header, nxt = buf.popleft()
+                w.buffered_events -= n
+                w.buffered_bytes -= more
+                size += more
+                events.extend(cast(list[Event], nxt))
+                header = cast(pb.ResponseHeader, nxt_header)
+        return pb.WatchResponse(header=header, watch_id=w.id, events=events)
 
     def _catch_up(self, w: Watcher) -> None:
         """Queue one catch-up response for w from the store (or end it: compacted, too slow)."""
@@ -496,7 +505,7 @@ class WatchSession:
             if events:
                 resp = pb.WatchResponse(watch_id=w.id, events=events)
                 hub.header(resp.header, current)
-                w.buffer.append((events[0].kv.mod_revision, len(events), 0, resp))
+                w.buffer.append((events[0].kv.mod_revision, len(events), 0, None, resp))
                 w.buffered_events += len(events)
                 return
         w.synced = True
@@ -534,7 +543,7 @@ class WatchSession:
         self.hub._remove(w)
         w.closing = True
         w.synced = False
-        w.buffer.append((w.next_rev, 0, 0, final))
+        w.buffer.append((w.next_rev, 0, 0, None, final))
         self._ready[w] = None
 
 
