@@ -257,7 +257,8 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"`{meta['command']}` · {meta['repeats']} repeat(s) x {meta['duration']} s windows "
         f"(+{meta['warmup']} s warm-up) · load average before {meta['load_before']}, after "
-        f"{meta['load_after']} · etcd {meta['etcd_version']} · metastore {meta['git']} · "
+        f"{meta['load_after']} · synced LevelDB put (the disk's fsync) before {meta['fsync_before']}, "
+        f"after {meta['fsync_after']} · etcd {meta['etcd_version']} · metastore {meta['git']} · "
         f"client: {meta['client']}",
         "",
         "Throughput, ops/s: median (min-max). ms/etcd and ms/floor are ratios of medians "
@@ -380,6 +381,25 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------- main
+def fsync_ms(where: Path, n: int = 200) -> str:
+    """p50/p90 of a synced 256-byte LevelDB put in where: the disk's fsync floor right now."""
+    import plyvel
+
+    path = Path(tempfile.mkdtemp(prefix="fsync-probe-", dir=where))
+    db = plyvel.DB(str(path), create_if_missing=True)
+    lat = []
+    try:
+        for i in range(n):
+            t = time.perf_counter()
+            db.put(b"k%d" % i, bytes(256), sync=True)
+            lat.append(time.perf_counter() - t)
+    finally:
+        db.close()
+        shutil.rmtree(path, ignore_errors=True)
+    lat.sort()
+    return f"p50 {lat[n // 2] * 1e3:.2f} ms, p90 {lat[n * 9 // 10] * 1e3:.2f} ms"
+
+
 def machine() -> str:
     model = ""
     try:
@@ -502,6 +522,7 @@ def main(argv: list[str] | None = None) -> int:
     targets: list[Target] = []
     client: Client | None = None
     load_before = procfs.loadavg()
+    fsync_before = fsync_ms(work)
     log(f"bench: workdir {work}; load average {load_before}")
     metastore_src, metastore_label = ROOT, f"{git_rev()} working tree{git_dirty()}"
     try:
@@ -585,6 +606,8 @@ def main(argv: list[str] | None = None) -> int:
             "warmup": s.warmup,
             "load_before": load_before,
             "load_after": procfs.loadavg(),
+            "fsync_before": fsync_before,
+            "fsync_after": fsync_ms(Path(tempfile.gettempdir())),
             "etcd_version": etcd_version(),
             "git": metastore_label,
             "targets": names,
