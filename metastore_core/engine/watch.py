@@ -371,21 +371,25 @@ class WatchSession:
                 self._next_id += 1
             wid = self._next_id
             self._next_id += 1
-        start = req.start_revision if req.start_revision > 0 else current + 1
-        w = Watcher(self, wid, req, start)
+        start = req.start_revision or current + 1
+        # etcd compares with a compaction point of -1 before the first compaction, so a
+        # start_revision below -1 is "compacted" (compact_revision -1) and -1 replays it all.
+        floor = store.compact_rev if store.compact_rev > 0 else -1
         created = pb.WatchResponse(watch_id=wid, created=True)
         self.hub.header(created.header, current)
-        if start < store.compact_rev:
-            return [created, self._compacted(wid)]
+        if start < floor:
+            return [created, self._compacted(wid, floor)]
+        w = Watcher(self, wid, req, max(start, 1))
         self.watchers[wid] = w
         self.hub._add(w)
-        if start <= current:
+        if w.next_rev <= current:
             w.synced = False
             self._ready[w] = None
         return [created]
 
-    def _compacted(self, wid: int) -> pb.WatchResponse:
-        resp = pb.WatchResponse(watch_id=wid, canceled=True, compact_revision=self.store.compact_rev)
+    def _compacted(self, wid: int, compact_rev: int | None = None) -> pb.WatchResponse:
+        rev = self.store.compact_rev if compact_rev is None else compact_rev
+        resp = pb.WatchResponse(watch_id=wid, canceled=True, compact_revision=rev)
         self.hub.header(resp.header, 0)
         return resp
 

@@ -72,6 +72,7 @@ SCENARIO: list[tuple[Any, int]] = [
     (create(b"fut", start_revision=10), 1),  # id 6: two revisions in the future
     (put(b"fut", b"1"), 1),  # id 1 only
     (put(b"fut", b"2"), 2),  # ids 1, 6
+    (create(b"a", start_revision=-5), 2),  # before any compaction: compact_revision -1
     (pb.CompactionRequest(revision=9), 0),
     (create(b"a", start_revision=3), 2),  # below the compaction: created, then cancel
     (create(b"\0", b"\0", start_revision=9), 2),  # at the compaction point: still readable

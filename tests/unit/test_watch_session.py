@@ -289,6 +289,16 @@ def test_compacted_start_revision_cancels_with_compact_revision() -> None:
     assert [e.kv.mod_revision for e in drain(s)[0].events] == [4, 5]
 
 
+def test_negative_start_revision_as_etcd() -> None:
+    rig = Rig()
+    rig.put("a")
+    s = rig.session()
+    got = s.receive(create(b"a", start_revision=-5))
+    assert [(r.canceled, r.compact_revision) for r in got] == [(False, 0), (True, -1)]
+    s.receive(create(b"a", start_revision=-1))  # replays everything
+    assert [e[0] for e in evs(drain(s))] == [2]
+
+
 def test_fragment_splits_large_responses_only_when_asked() -> None:
     big = b"x" * 400
     resp = pb.WatchResponse(
