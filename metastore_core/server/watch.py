@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 
+from metastore_core import errors
 from metastore_core.engine.watch import WatchHub, WatchLimits
 from metastore_core.pb.etcdserverpb import rpc_pb2 as pb
 from metastore_core.server import rpc
@@ -40,7 +41,7 @@ class WatchService:
         self, requests: AsyncIterator[Any], ctx: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.WatchResponse]:
         if self._closing:
-            return
+            raise errors.Unavailable()
         session = self.hub.open()
         wake = asyncio.Event()
         session.wake = wake.set
@@ -58,7 +59,12 @@ class WatchService:
 
         reader = asyncio.get_running_loop().create_task(receive())
         try:
-            while not self._closing:
+            while True:
+                if self._closing:
+                    # Like a stopping etcd: UNAVAILABLE, so clientv3 & co. resume the watch
+                    # (from their last revision + 1) on a restarted or other server, where
+                    # an OK end would close the client's watch channel for good.
+                    raise errors.Unavailable()
                 if control:
                     out = control[:]
                     control.clear()
@@ -93,7 +99,7 @@ class WatchService:
             self.hub.progress_tick()
 
     async def close(self, timeout: float = 2.0) -> None:
-        """Shutdown: end every open Watch stream cleanly (status OK) before the server stops."""
+        """Shutdown: end every open Watch stream (UNAVAILABLE) before the server stops."""
         self._closing = True
         for wake in list(self._streams):
             wake.set()
