@@ -14,6 +14,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import grpc
 import psutil
@@ -139,6 +140,28 @@ def test_etcdctl_watch_interactive(server: Proc) -> None:
         ep, ["-i"], 6, writes, stdin=f"watch --rev={rev} e4/a\nwatch --rev={rev} --prefix e4/p/\n"
     )
     assert got == ["PUT", "e4/a", "1", "PUT", "e4/p/1", "2"]
+
+
+def test_etcdctl_watch_survives_a_restart(tmp_path: Path) -> None:
+    """A stop ends watch streams with UNAVAILABLE, as etcd's does: etcdctl resumes."""
+    p = start_metastore(tmp_path / "data")
+    port = int(p.endpoint.rsplit(":", 1)[1])
+    try:
+        rev = current_rev(p.endpoint) + 1
+        restarted: list[Proc] = []
+
+        def restart() -> None:
+            ctl(p.endpoint, "put", "rs", "before")
+            assert p.stop() == 0
+            restarted.append(start_metastore(tmp_path / "data", port=port))
+            ctl(p.endpoint, "put", "rs", "after")
+
+        got = etcdctl_watch(p.endpoint, [f"--rev={rev}", "rs"], 6, restart, timeout=20)
+        assert got == ["PUT", "rs", "before", "PUT", "rs", "after"]
+    finally:
+        p.stop()
+        for q in restarted:
+            q.stop()
 
 
 def test_etcdctl_watch_compacted_exits_5(server: Proc) -> None:
