@@ -67,8 +67,8 @@ def test_etcdctl_lease_commands(shared_metastore: Proc) -> None:
 def test_expiry_deletes_keys_at_one_revision_and_watchers_see_it(shared_metastore: Proc) -> None:
     with grpc.insecure_channel(shared_metastore.endpoint) as ch:
         kv, leases = rpc_pb2_grpc.KVStub(ch), rpc_pb2_grpc.LeaseStub(ch)
+        t_sent = time.monotonic()  # the server starts the TTL after this
         lease = leases.LeaseGrant(pb.LeaseGrantRequest(TTL=1)).ID  # raised to 2 s
-        t_grant = time.monotonic()
         for k in (b"e/a", b"e/b", b"e/c"):
             kv.Put(pb.PutRequest(key=k, value=b"v", lease=lease))
         kv.Put(pb.PutRequest(key=b"e/keep", value=b"v"))
@@ -82,13 +82,13 @@ def test_expiry_deletes_keys_at_one_revision_and_watchers_see_it(shared_metastor
         watch = rpc_pb2_grpc.WatchStub(ch).Watch(requests())
         assert next(watch).created
         resp = next(watch)
-        lateness = time.monotonic() - t_grant - 2.0
+        lateness = time.monotonic() - t_sent - 2.0
         done.set()
         watch.cancel()
         assert sorted(e.kv.key for e in resp.events) == [b"e/a", b"e/b", b"e/c"]
         assert {e.type for e in resp.events} == {1}  # DELETE
         assert {e.kv.mod_revision for e in resp.events} == {before + 1}
-        assert lateness > -0.05  # never early (allowing for when the grant's clock started)
+        assert lateness >= 0  # never early
         assert lateness < 2.0, lateness  # generous: CI machines are slow
         after = kv.Range(pb.RangeRequest(key=b"e/", range_end=b"e0"))
         assert [x.key for x in after.kvs] == [b"e/keep"]
@@ -187,7 +187,7 @@ def test_leases_survive_restart_with_their_remaining_ttl(tmp_path: Path) -> None
         t0 = time.monotonic()
         long = grant(p.endpoint, 60)
         ctl(p.endpoint, "put", "--lease=" + long, "r/k", "v")
-        time.sleep(2.2)  # a few checkpoints happen meanwhile
+        time.sleep(3.0)  # a few checkpoints happen meanwhile
         p.kill()  # crash: only the periodic checkpoint is on disk
         up_for = time.monotonic() - t0
         p = start_metastore(data, *flags)
