@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import time
 from collections.abc import Sequence
 from urllib.parse import urlparse
@@ -92,6 +93,22 @@ def reliability_layers(recovery: Recovery, limiter: Limiter, metrics: RequestMet
     return [auth_layer, limiter.layer(), recovery.layer(metrics)]
 
 
+def raise_fd_limit(max_connections: int) -> None:
+    """Lift the soft open-file limit toward the hard one: each connection is a descriptor."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = max_connections + 1024  # plus the DB's files, the HTTP port and some slack
+    if hard != resource.RLIM_INFINITY:
+        want = min(want, hard)
+    if want > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    if want < max_connections + 64:
+        log.warning(
+            "open-file limit %d is below --max-connections %d; raise it (ulimit -n) or lower the limit",
+            want,
+            max_connections,
+        )
+
+
 class Server:
     """One daemon: owns the data dir lock, the node, the gRPC server and the HTTP port."""
 
@@ -124,6 +141,7 @@ class Server:
     # ------------------------------------------------------------------ start
     async def start(self) -> None:
         cfg = self.config
+        raise_fd_limit(cfg.max_connections)
         if cfg.backend == "leveldb":
             self.datadir = DataDir(cfg.data_dir)
             self.datadir.acquire()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import resource
 import socket
 import subprocess
 import sys
@@ -40,6 +41,9 @@ def metric(port: int, name: str) -> float:
     return float(m.group(1))
 
 
+@pytest.mark.skipif(
+    resource.getrlimit(resource.RLIMIT_NOFILE)[1] < 10_300, reason="needs a hard open-file limit above 10,300"
+)
 def test_ten_thousand_connections_held_and_the_next_refused(tmp_path: Path) -> None:
     p = start_metastore(tmp_path / "data")
     holder = client("hold", p.endpoint, "10000")
