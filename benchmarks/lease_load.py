@@ -305,18 +305,23 @@ async def expiry(
 async def bench(t: Target, a: argparse.Namespace) -> dict[str, Any]:
     cl = Client(t.endpoint)
     out: dict[str, Any] = {}
+    phases = set(a.phases.split(","))
     try:
-        out["cycles"] = await cycles(cl, 64, a.warmup, a.duration)
-        print(f"  {t.name} cycles: {out['cycles']}", flush=True)
-        out["live"] = await live(cl, a.leases, a.duration, t.pid)
-        print(f"  {t.name} live: {out['live']}", flush=True)
-        out["expiry_idle"] = await expiry(cl, a.expiry_leases, b"exp/idle/")
-        print(f"  {t.name} expiry idle: {out['expiry_idle']}", flush=True)
-        bg, _ = await grant_many(cl, a.leases, LIVE_TTL)
-        out["expiry_loaded"] = await expiry(
-            cl, a.expiry_leases, b"exp/load/", background=bg, rate=a.loaded_rate
-        )
-        print(f"  {t.name} expiry loaded: {out['expiry_loaded']}", flush=True)
+        if "cycles" in phases:
+            out["cycles"] = await cycles(cl, 64, a.warmup, a.duration)
+            print(f"  {t.name} cycles: {out['cycles']}", flush=True)
+        if "live" in phases:
+            out["live"] = await live(cl, a.leases, a.duration, t.pid)
+            print(f"  {t.name} live: {out['live']}", flush=True)
+        if "expiry" in phases:
+            out["expiry_idle"] = await expiry(cl, a.expiry_leases, b"exp/idle/")
+            print(f"  {t.name} expiry idle: {out['expiry_idle']}", flush=True)
+        if "loaded" in phases:
+            bg, _ = await grant_many(cl, a.leases, LIVE_TTL)
+            out["expiry_loaded"] = await expiry(
+                cl, a.expiry_leases, b"exp/load/", background=bg, rate=a.loaded_rate
+            )
+            print(f"  {t.name} expiry loaded: {out['expiry_loaded']}", flush=True)
         out["peak_rss_mib"] = procfs.status_kib(t.pid, "VmHWM") / 1024
     finally:
         await cl.close()
@@ -384,6 +389,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=1.0)
     ap.add_argument("--leases", type=int, default=None)
     ap.add_argument("--expiry-leases", type=int, default=1000)
+    ap.add_argument("--phases", default="cycles,live,expiry,loaded", help="which measurements to run")
     ap.add_argument("--loaded-rate", type=float, default=2000.0, help="keep-alives/s during 'loaded' expiry")
     ap.add_argument("--metastore-arg", action="append", default=[])
     ap.add_argument("--workdir", help="keep data dirs and server logs here (default: a temp dir)")
