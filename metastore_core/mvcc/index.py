@@ -62,8 +62,12 @@ class KeyHistory:
     def alive(self) -> bool:
         return bool(self.entries) and not self.entries[-1] & 1
 
-    def compact(self, main: int) -> list[int]:
-        """Drop history older than main (see the module doc); returns dropped entries."""
+    def compact(self, main: int, limit: int | None = None) -> list[int]:
+        """Drop history older than main (see the module doc); returns dropped entries.
+
+        With limit, drop at most that many of the oldest: reads at or above main give the same
+        answer whether the rest goes now or in a later call, so a long history can be cut in
+        pieces."""
         entries = self.entries
         i = bisect_left(entries, (main + 1) << 33)  # entries[:i] are <= main
         if i == 0:
@@ -71,6 +75,8 @@ class KeyHistory:
         keep_from = i - 1
         if entries[keep_from] & 1:  # newest <= main is a tombstone: drop it too
             keep_from = i
+        if limit is not None and keep_from > limit:
+            keep_from = limit
         dropped = entries[:keep_from]
         del entries[:keep_from]
         return dropped
@@ -111,9 +117,9 @@ class Index:
         else:
             yield from self._sorted.irange(key, end, inclusive=(True, False))
 
-    def keys_after(self, key: bytes) -> Iterator[bytes]:
-        """Keys strictly after key, ascending (b"" gives every key); do not mutate while iterating."""
-        return iter(self._sorted.irange(key, None, inclusive=(False, False)))
+    def keys_after(self, key: bytes, inclusive: bool = False) -> Iterator[bytes]:
+        """Keys after key (or from it), ascending (b"" gives every key); do not mutate while iterating."""
+        return iter(self._sorted.irange(key, None, inclusive=(inclusive, False)))
 
     def histories(self, key: bytes, end: bytes) -> Iterator[tuple[bytes, KeyHistory]]:
         m = self._map

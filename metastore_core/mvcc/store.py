@@ -72,6 +72,7 @@ class MVCCStore:
         self.durable_seq = 0
         self._compact_target = 0
         self._compact_cursor: bytes | None = None  # next compaction chunk starts after this key
+        self._compact_inclusive = False  # ... or at it, when its history was cut short
 
     # ---------------------------------------------------------------- load
     def load(self) -> None:
@@ -239,6 +240,7 @@ class MVCCStore:
         self.stage(L.META_SCHEDULED_COMPACT_REV, L.u64(rev))
         self._compact_target = rev
         self._compact_cursor = b""  # (re)start: keys already done need the new target too
+        self._compact_inclusive = False
         dropped = 0
         if not self.incremental_compaction:
             while self.compact_pending:
@@ -257,31 +259,33 @@ class MVCCStore:
             return 0
         rev = self._compact_target
         dropped = work = 0
-        last: bytes | None = None
+        resume: tuple[bytes, bool] | None = None  # (key, inclusive) to start the next step at
         gone: list[bytes] = []
-        for k in self.index.keys_after(cursor):
+        for k in self.index.keys_after(cursor, self._compact_inclusive):
             h = self.index.get(k)
-            last = k
             if h is None:
                 continue
-            old = h.compact(rev)
+            room = max(budget - work, 1)
+            old = h.compact(rev, room)
             for e in old:
                 self.stage(L.rev_key(entry_main(e), entry_sub(e), is_tombstone(e)), None)
             dropped += len(old)
+            work += 1 + len(old)
+            if len(old) == room:  # maybe more of this key's history left: come back to it
+                resume = (k, True)
+                break
             if not h.entries:
                 gone.append(k)
-            work += 1 + len(old)
             if work >= budget:
+                resume = (k, False)
                 break
-        else:
-            last = None  # walked to the end
         for k in gone:
             self.index.remove(k)
-        if last is None:
+        if resume is None:
             self._compact_cursor = None
             self.stage(L.META_COMPACT_REV, L.u64(rev))
         else:
-            self._compact_cursor = last
+            self._compact_cursor, self._compact_inclusive = resume
         return dropped
 
 

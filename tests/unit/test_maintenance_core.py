@@ -320,3 +320,20 @@ async def test_quota_and_corrupt_alarm_gate_writes() -> None:
         await node.write(pb.DeleteRangeRequest(key=b"k0"))
     await node.write(pb.TxnRequest(success=[pb.RequestOp(request_range=pb.RangeRequest(key=b"k"))]))
     node.close()
+
+
+def test_one_key_with_a_long_history_is_compacted_in_bounded_pieces() -> None:
+    e = Engine(MemoryStorage())
+    for i in range(3000):
+        e.write(pb.PutRequest(key=b"hot", value=b"%d" % i))
+    e.write(pb.PutRequest(key=b"cold", value=b"c"))
+    e.store.incremental_compaction = True
+    e.write(pb.CompactionRequest(revision=3000))
+    sizes = []
+    while e.store.compact_pending:
+        sizes.append(e.store.compact_step(500))
+        e.commit()
+    assert max(sizes) <= 500 and sum(sizes) == 2998 and len(sizes) >= 6
+    assert [k for k, _ in e.store.index.all()] == [b"cold", b"hot"]
+    assert len(list(e.storage.scan(*L.rev_range(0, 1 << 62)))) == 3  # hot@3000, hot@3001, cold
+    assert range_at(e.store, pb.RangeRequest(key=b"hot"), 3000).kvs[0].value == b"2998"
