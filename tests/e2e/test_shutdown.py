@@ -94,7 +94,10 @@ def test_shutdown_with_1000_open_watch_streams_within_grace(tmp_path: Path) -> N
         assert took < grace + 1, took
         out, _ = watchers.communicate("", timeout=30)
         result = json.loads(out.strip().splitlines()[-1])
-        assert result == {"ended": 1000, "codes": {"OK": 1000}}  # ended cleanly by the server
+        # every stream was ended by the server at shutdown (the Watch service ends them with
+        # UNAVAILABLE, as a stopping etcd does, so clients resume elsewhere)
+        assert result["ended"] == 1000
+        assert set(result["codes"]) <= {"OK", "UNAVAILABLE"}, result
     finally:
         if watchers.poll() is None:
             watchers.kill()
