@@ -565,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
         load: dict[str, Any] | None = None
         if s.load_keys:
             load = {"keys": s.load_keys, "servers": {}}
-            for t in list(targets):
+            for t in list(targets[: len(names)]):  # the matrix's servers, not the layer pair
                 if t.kind in ("etcd", "metastore"):
                     # A fresh server each: the matrix above left data behind.
                     t.stop()
