@@ -340,7 +340,9 @@ async def test_slow_consumer_does_not_delay_others_and_stays_bounded(server: Pro
         assert len(lat) == 100 * PUTS
         p50, p99 = lat[len(lat) // 2], lat[int(len(lat) * 0.99)]
         print(f"live p50 {p50 * 1e3:.1f} ms p99 {p99 * 1e3:.1f} ms, rss +{(rss1 - rss0) >> 20} MiB")
-        assert p99 < 0.5, f"live watchers' p99 {p99 * 1e3:.1f} ms"
+        # A fan-out that waited on the stalled stream would never get here (it is read only
+        # below); the bound only catches gross delays on a loaded CI machine.
+        assert p99 < 2.0, f"live watchers' p99 {p99 * 1e3:.1f} ms"
         assert rss1 - rss0 < 64 << 20
         for s in live:
             s.close()
