@@ -491,7 +491,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-reliability", action="store_true", help="skip the layer on/off comparison")
     ap.add_argument("--channels", type=int, default=4, help="client channels (TCP connections) [4]")
     ap.add_argument("--uvloop-client", action="store_true", help="run the load client on uvloop")
-    ap.add_argument("--out", type=Path, default=RESULTS, help="where to write latest.json/latest.md")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        help="where to write latest.json/latest.md [benchmarks/results; results/quick with --quick]",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (data dirs, server logs)")
     a = ap.parse_args(argv)
     s = Settings(
@@ -501,6 +505,8 @@ def main(argv: list[str] | None = None) -> int:
         load_keys=a.load_keys if a.load_keys is not None else (2000 if a.quick else 100_000),
         channels=a.channels,
     )
+    if a.out is None:  # a smoke run never replaces the committed full results
+        a.out = RESULTS / "quick" if a.quick else RESULTS
     names = [n.strip() for n in a.targets.split(",") if n.strip()]
     if a.compare_rev:
         names.insert(
