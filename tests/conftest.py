@@ -20,8 +20,6 @@ import pytest
 from metastore_core.pb.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
-# The etcd3 client needs the pure-Python protobuf to import with protobuf >= 4.
-os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")
 
 
 def free_port() -> int:
@@ -30,7 +28,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_ready(endpoint: str, proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+def wait_ready(endpoint: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
     """Wait until a KV Range answers (any status but UNAVAILABLE)."""
     deadline = time.monotonic() + timeout
     with grpc.insecure_channel(endpoint) as ch:
