@@ -89,6 +89,14 @@ class Index:
         self._map: dict[bytes, KeyHistory] = {}
         self._sorted: SortedList = SortedList()
 
+    @classmethod
+    def from_histories(cls, histories: dict[bytes, KeyHistory]) -> Index:
+        """An index over histories built elsewhere (start-up: one sort, not one insert per key)."""
+        index = cls()
+        index._map = histories
+        index._sorted = SortedList(histories)
+        return index
+
     def __len__(self) -> int:
         return len(self._map)
 

@@ -112,16 +112,25 @@ class MVCCStore:
         self._compact_cursor = None
         top = 1
         start, stop = L.rev_range(0, 1 << 63)
-        for skey, record in s.scan(start, stop):
-            main, sub, tomb = L.parse_rev_key(skey)
-            kv = KeyValue.FromString(self.codec.decode(record, skey))
-            h = self.index.get_or_add(kv.key)
-            h.entries.append(pack(main, sub, tomb))
-            if tomb:
-                h.create = h.version = h.lease = 0
-            else:
-                h.create, h.version, h.lease = kv.create_revision, kv.version, kv.lease
-            top = main
+        histories: dict[bytes, KeyHistory] = {}
+        # A view reads past the block cache: a full scan would only evict what serving needs.
+        view = s.view()
+        try:
+            for skey, record in view.scan(start, stop):
+                main, sub, tomb = L.parse_rev_key(skey)
+                kv = KeyValue.FromString(self.codec.decode(record, skey))
+                h = histories.get(kv.key)
+                if h is None:
+                    h = histories[kv.key] = KeyHistory()
+                h.entries.append(pack(main, sub, tomb))
+                if tomb:
+                    h.create = h.version = h.lease = 0
+                else:
+                    h.create, h.version, h.lease = kv.create_revision, kv.version, kv.lease
+                top = main
+        finally:
+            view.close()
+        self.index = Index.from_histories(histories)
         # A finished chunk of a compaction may have dropped the newest record (a tombstone at
         # the compacted revision), so the scheduled revision also bounds the current one.
         self.applied_rev = self.committed_rev = max(top, self.compact_rev, scheduled, 1)
