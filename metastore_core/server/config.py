@@ -51,7 +51,7 @@ class Config:
     watch_max_lag_revisions: int = 100_000
     # Lease: how often remaining TTLs are checkpointed (bounds the extra life after a crash).
     lease_checkpoint_interval_s: float = 5.0
-    event_loop: str = "asyncio"  # asyncio | uvloop
+    event_loop: str = "uvloop"  # uvloop | asyncio (uvloop: ~18 % less CPU per request, benchmarks/)
     log_level: str = "info"
 
     @property

@@ -25,11 +25,17 @@ class LevelDBView:
         self._snap = db.snapshot()
 
     def get(self, key: bytes) -> bytes | None:
-        return self._snap.get(key)
+        try:
+            return self._snap.get(key)
+        except plyvel.Error as exc:
+            raise StorageError(str(exc)) from exc
 
     def scan(self, start: bytes, stop: bytes) -> Iterator[tuple[bytes, bytes]]:
-        with self._snap.iterator(start=start, stop=stop, fill_cache=False) as it:
-            yield from it
+        try:
+            with self._snap.iterator(start=start, stop=stop, fill_cache=False) as it:
+                yield from it
+        except plyvel.Error as exc:
+            raise StorageError(str(exc)) from exc
 
     def close(self) -> None:
         self._snap.close()

@@ -1,15 +1,18 @@
-"""`--event-loop uvloop`: the same daemon on uvloop serves, watches and stops cleanly."""
+"""`--event-loop`: the daemon serves, watches and stops cleanly on either loop (uvloop is the default)."""
 
 from __future__ import annotations
 
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from conftest import etcdctl, start_metastore
 
 
-def test_uvloop_serves_and_stops_cleanly(tmp_path: Path) -> None:
-    p = start_metastore(tmp_path / "d", "--event-loop", "uvloop")
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_serves_and_stops_cleanly(tmp_path: Path, loop: str) -> None:
+    p = start_metastore(tmp_path / "d", "--event-loop", loop)
     try:
         watch = subprocess.Popen(
             [
