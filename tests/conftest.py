@@ -5,11 +5,9 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,33 +15,14 @@ from pathlib import Path
 import grpc
 import pytest
 
-from metastore_core.pb.etcdserverpb import rpc_pb2, rpc_pb2_grpc
+from benchmarks.servers import first_range, free_port
+from metastore_core.pb.etcdserverpb import rpc_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_ready(endpoint: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
-    """Wait until a KV Range answers (any status but UNAVAILABLE)."""
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(endpoint) as ch:
-        stub = rpc_pb2_grpc.KVStub(ch)
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}")
-            try:
-                stub.Range(rpc_pb2.RangeRequest(key=b"\0"), timeout=0.5)
-                return
-            except grpc.RpcError as exc:
-                if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                    return
-            time.sleep(0.05)
-    raise RuntimeError(f"server on {endpoint} not ready after {timeout}s")
+# One start-up probe for tests and benchmarks: a Range that answers with anything but UNAVAILABLE.
+wait_ready = first_range
 
 
 @dataclass
