@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from metastore_core.server.app import Server
@@ -29,7 +30,7 @@ async def _status(endpoint: str) -> int:
         return int(resp.status)
 
 
-async def test_storage_io_error_flips_not_serving_then_recovers() -> None:
+async def test_storage_io_error_flips_not_serving_then_recovers(caplog: pytest.LogCaptureFixture) -> None:
     server = Server(_config())
     await server.start()
     endpoint = f"127.0.0.1:{server.ports[0]}"
@@ -38,19 +39,24 @@ async def test_storage_io_error_flips_not_serving_then_recovers() -> None:
         assert server.node is not None
         storage = server.node.storage
         assert isinstance(storage, MemoryStorage)
-        storage.fail_next_write = OSError("IO error: injected EIO")
-        server.monitor.poke()
-        for _ in range(100):
-            if not server.monitor.serving:
-                break
-            await asyncio.sleep(0.01)
-        assert await _status(endpoint) == health_pb2.HealthCheckResponse.NOT_SERVING
-        assert any("storage" in r for r in server.monitor.reasons())
-        for _ in range(100):  # the next probe succeeds: serving again
-            if server.monitor.serving:
-                break
-            await asyncio.sleep(0.02)
-        assert await _status(endpoint) == health_pb2.HealthCheckResponse.SERVING
+        # A Watch subscriber sees every change, however quickly the next probe recovers
+        # (a Check after the flip could already find it SERVING again).
+        async with grpc.aio.insecure_channel(endpoint) as ch:
+            stream = health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(), timeout=10)
+            seen = [(await stream.read()).status]
+            storage.fail_next_write = OSError("IO error: injected EIO")
+            server.monitor.poke()
+            while len(seen) < 3:
+                seen.append((await stream.read()).status)
+            stream.cancel()
+        serving, not_serving = (
+            health_pb2.HealthCheckResponse.SERVING,
+            health_pb2.HealthCheckResponse.NOT_SERVING,
+        )
+        assert seen == [serving, not_serving, serving]
+        assert server.monitor.serving
+        failing = [r.getMessage() for r in caplog.records if "failing" in r.getMessage()]
+        assert any(m.startswith("health: storage failing") and "injected EIO" in m for m in failing), failing
     finally:
         await server.stop()
 
