@@ -81,6 +81,14 @@ class Recovery:
             except Exception:
                 log.exception("panic handler failed")
 
+    def failed(self, where: str, exc: Exception) -> tuple[grpc.StatusCode, str]:
+        """Record an exception that escaped a handler; the status the caller gets instead."""
+        if isinstance(exc, CorruptRecord):
+            self.corrupt(exc)
+            return grpc.StatusCode.DATA_LOSS, CORRUPT_MESSAGE
+        self.panic(where, exc)
+        return grpc.StatusCode.INTERNAL, PANIC_MESSAGE
+
     def corrupt(self, exc: CorruptRecord) -> None:
         log.error("data corruption detected: %s", exc)
         for handler in self.corrupt_handlers:
@@ -167,14 +175,9 @@ class Recovery:
                     except asyncio.CancelledError:
                         code = _CANCELLED
                         raise
-                    except CorruptRecord as exc:
-                        code = grpc.StatusCode.DATA_LOSS
-                        self.corrupt(exc)
-                        await context.abort(code, CORRUPT_MESSAGE)
                     except Exception as exc:
-                        code = grpc.StatusCode.INTERNAL
-                        self.panic(where, exc)
-                        await context.abort(code, PANIC_MESSAGE)
+                        code, message = self.failed(where, exc)
+                        await context.abort(code, message)
                     finally:
                         if m is not None:
                             m.done(code, clock() - start)
@@ -197,14 +200,9 @@ class Recovery:
                 except (asyncio.CancelledError, GeneratorExit):
                     code = _CANCELLED
                     raise
-                except CorruptRecord as exc:
-                    code = grpc.StatusCode.DATA_LOSS
-                    self.corrupt(exc)
-                    await context.abort(code, CORRUPT_MESSAGE)
                 except Exception as exc:
-                    code = grpc.StatusCode.INTERNAL
-                    self.panic(where, exc)
-                    await context.abort(code, PANIC_MESSAGE)
+                    code, message = self.failed(where, exc)
+                    await context.abort(code, message)
                 finally:
                     if m is not None:
                         m.done(code, clock() - start)
