@@ -5,15 +5,24 @@ Handlers apply a command on the event loop (microseconds, in memory), then
 stage behind it and share the next fsync, so throughput does not collapse
 to one fsync per request. Only after the batch is on disk do readers see it
 (store.mark_durable) and watchers hear of it (listeners).
+
+The writer is one plain thread fed by a SimpleQueue, answering with
+`call_soon_threadsafe`; `run_in_executor`'s extra futures and locks cost
+a few per cent of a put's CPU (benchmarks/README.md, "Where a put's time
+goes": the thread hop, not the engine, is what a durable put adds to the
+do-nothing floor).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
+import queue
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from metastore_core import errors
 from metastore_core.mvcc.store import Drained, MVCCStore
@@ -34,7 +43,11 @@ class Committer:
         self.sync = sync
         self.listeners: list[Listener] = []
         self.on_failure: list[Callable[[Exception], None]] = []
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metastore-commit")
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], asyncio.Future[Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._thread = threading.Thread(target=self._writer, name="metastore-commit", daemon=True)
+        self._thread.start()
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._running = False
         self._hold = False  # set while a rollback runs: drain nothing
@@ -66,7 +79,7 @@ class Committer:
                 if d is None:
                     break
                 try:
-                    await loop.run_in_executor(self._executor, self._write, d)
+                    await self._submit(functools.partial(self._write, d))
                 except Exception as exc:  # the batch is not on disk: fail everyone behind it
                     self._fail(exc)
                     return
@@ -85,6 +98,25 @@ class Committer:
             if self._waiters and not self._hold:  # staged after our last drain
                 self._running = True
                 self._task = loop.create_task(self._run())
+
+    def _submit(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        """Queue fn for the writer thread; the future settles on the event loop."""
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._jobs.put((fn, fut))
+        return fut
+
+    def _writer(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            fn, fut = job
+            try:
+                result, exc = fn(), None
+            except BaseException as e:  # handed to the waiter, which decides
+                result, exc = None, e
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+                fut.get_loop().call_soon_threadsafe(_settle, fut, result, exc)
 
     def _write(self, d: Drained) -> None:
         self.store.storage.write(d.batch, sync=self.sync)
@@ -138,7 +170,18 @@ class Committer:
 
     async def run_io(self, fn: Callable[[], T]) -> T:
         """Run blocking storage work on the writer thread, ordered with batch writes."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        return await self._submit(fn)
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True)
+        """Finish queued work, then stop the writer thread."""
+        self._jobs.put(None)
+        self._thread.join()
+
+
+def _settle(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    if fut.done():  # the waiter was cancelled
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(result)
