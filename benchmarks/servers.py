@@ -51,9 +51,17 @@ def free_port() -> int:
 
 
 def first_range(endpoint: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> float:
-    """Poll a Range until it answers; returns the monotonic time it did."""
+    """Poll a Range until it answers; returns the monotonic time it did.
+
+    The channel retries its connection every 10 ms: with grpc's default reconnect backoff
+    (1 s, growing) a server that opens its port late would be measured a second slow."""
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(endpoint) as ch:
+    fast_retry = [
+        ("grpc.initial_reconnect_backoff_ms", 10),
+        ("grpc.min_reconnect_backoff_ms", 10),
+        ("grpc.max_reconnect_backoff_ms", 10),
+    ]
+    with grpc.insecure_channel(endpoint, options=fast_retry) as ch:
         stub = rpc_pb2_grpc.KVStub(ch)
         while time.monotonic() < deadline:
             if proc.poll() is not None:
