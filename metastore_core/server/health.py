@@ -95,7 +95,10 @@ class HealthService:
         try:
             last = self.statuses.get(name, SERVICE_UNKNOWN)
             yield health_pb2.HealthCheckResponse(status=last)
-            if self.shutting_down:
+            # Shutdown may have begun while that first message was being sent: then its
+            # NOT_SERVING waits in q and must still go out. Only a stream that began during
+            # shutdown (its one message already said so, and nothing is queued) ends here.
+            if self.shutting_down and q.empty():
                 return
             while True:
                 status = await q.get()
