@@ -95,7 +95,7 @@ class Applier:
         value, lease = r.value, r.lease
         if alive and (r.prev_kv or r.ignore_value):
             assert h is not None
-            prev = s.kv(r.key, h.entries[-1])
+            prev = s.kv(h.entries[-1], h)
             if r.prev_kv:
                 resp.prev_kv.CopyFrom(prev)
             if r.ignore_value:
@@ -123,7 +123,7 @@ class Applier:
         doomed = [(k, h) for k, h in s.index.histories(r.key, r.range_end) if h.alive]
         for k, h in doomed:
             if r.prev_kv:
-                resp.prev_kvs.append(s.kv(k, h.entries[-1]))
+                resp.prev_kvs.append(s.kv(h.entries[-1], h))
             if h.lease:
                 self.lessor.detach(h.lease, k)
             txn.delete(k, h)
@@ -136,9 +136,9 @@ class Applier:
         s = self.store
         rev = s.applied_rev
         found = False
-        for k, e in s.live(c.key, c.range_end, rev):
+        for _, e, h in s.live(c.key, c.range_end, rev):
             found = True
-            if not _compare_kv(c, s.kv(k, e)):
+            if not _compare_kv(c, s.kv(e, h)):
                 return False
         if not found:
             return c.target != pb.Compare.VALUE and _compare_kv(c, _EMPTY_KV)

@@ -39,18 +39,20 @@ def range_at(store: MVCCStore, req: RangeRequest, rev: int) -> RangeResponse:
             live = live[:limit]
             resp.more = True
         kvs = resp.kvs
-        for _, entry in live:
+        for _, entry, h in live:
             kv = kvs.add()
-            kv.MergeFromString(store.kv_bytes(entry))
+            kv.MergeFromString(store.kv_bytes(entry, h))
             if req.keys_only:
                 kv.value = b""
         return resp
     if req.min_mod_revision or req.max_mod_revision:
         lo, hi = req.min_mod_revision, req.max_mod_revision
         live = [
-            (k, e) for k, e in live if (not lo or entry_main(e) >= lo) and (not hi or entry_main(e) <= hi)
+            (k, e, h)
+            for k, e, h in live
+            if (not lo or entry_main(e) >= lo) and (not hi or entry_main(e) <= hi)
         ]
-    items: list[KeyValue] = [store.kv(k, e) for k, e in live]
+    items: list[KeyValue] = [store.kv(e, h) for _, e, h in live]
     if req.min_create_revision or req.max_create_revision:
         lo, hi = req.min_create_revision, req.max_create_revision
         items = [

@@ -38,13 +38,18 @@ def is_tombstone(entry: int) -> bool:
 class KeyHistory:
     """Revisions of one key, oldest first, plus its newest generation's figures."""
 
-    __slots__ = ("create", "entries", "lease", "version")
+    __slots__ = ("create", "entries", "lease", "newest", "version")
 
     def __init__(self) -> None:
         self.entries: list[int] = []
         self.create = 0  # create_revision of the newest live generation (0 when deleted)
         self.version = 0
         self.lease = 0
+        # The serialized KeyValue of entries[-1] when that is a put, else None. Most reads are
+        # of the newest value; holding it here saves a storage read per key (a 100-key range
+        # spent 70 % of its time in LevelDB gets) at the price of the live data set in memory,
+        # as etcd's mmap'd bbolt has it. Not kept with CRC on: those reads check the disk.
+        self.newest: bytes | None = None
 
     def at(self, main: int) -> int | None:
         """The newest entry at or below main revision, if it is not a tombstone."""
@@ -130,9 +135,9 @@ class Index:
         return iter(self._sorted.irange(key, None, inclusive=(inclusive, False)))
 
     def histories(self, key: bytes, end: bytes) -> Iterator[tuple[bytes, KeyHistory]]:
-        m = self._map
-        for k in self.keys(key, end):
-            yield k, m[k]
+        """(key, history) in etcd's range, ascending; zip/map keep the loop in C (range reads)."""
+        keys = list(self.keys(key, end))
+        return zip(keys, map(self._map.__getitem__, keys), strict=True)
 
     def all(self) -> Iterator[tuple[bytes, KeyHistory]]:
         m = self._map

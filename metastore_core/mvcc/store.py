@@ -115,18 +115,22 @@ class MVCCStore:
         histories: dict[bytes, KeyHistory] = {}
         # A view reads past the block cache: a full scan would only evict what serving needs.
         view = s.view()
+        keep = not self.codec.crc
         try:
             for skey, record in view.scan(start, stop):
                 main, sub, tomb = L.parse_rev_key(skey)
-                kv = KeyValue.FromString(self.codec.decode(record, skey))
+                payload = self.codec.decode(record, skey)
+                kv = KeyValue.FromString(payload)
                 h = histories.get(kv.key)
                 if h is None:
                     h = histories[kv.key] = KeyHistory()
                 h.entries.append(pack(main, sub, tomb))
                 if tomb:
                     h.create = h.version = h.lease = 0
+                    h.newest = None
                 else:
                     h.create, h.version, h.lease = kv.create_revision, kv.version, kv.lease
+                    h.newest = payload if keep else None
                 top = main
         finally:
             view.close()
@@ -157,18 +161,26 @@ class MVCCStore:
             raise errors.Compacted()
         return rev
 
-    def live(self, key: bytes, end: bytes, rev: int) -> Iterator[tuple[bytes, int]]:
-        """(key, entry) of every key alive at rev in etcd's range, ascending."""
+    def live(self, key: bytes, end: bytes, rev: int) -> Iterator[tuple[bytes, int, KeyHistory]]:
+        """(key, entry, history) of every key alive at rev in etcd's range, ascending."""
         for k, h in self.index.histories(key, end):
-            e = h.at(rev)
-            if e is not None:
-                yield k, e
+            last = h.entries[-1]
+            if last >> 33 <= rev:  # reading the newest revision, the common case (h.at inlined)
+                if not last & 1:
+                    yield k, last, h
+            else:
+                e = h.at(rev)
+                if e is not None:
+                    yield k, e, h
 
-    def kv(self, key: bytes, entry: int) -> KeyValue:
-        """The stored KeyValue of one index entry."""
-        return KeyValue.FromString(self.kv_bytes(entry))
+    def kv(self, entry: int, h: KeyHistory) -> KeyValue:
+        """The stored KeyValue of one index entry of history h."""
+        return KeyValue.FromString(self.kv_bytes(entry, h))
 
-    def kv_bytes(self, entry: int) -> bytes:
+    def kv_bytes(self, entry: int, h: KeyHistory) -> bytes:
+        """The serialized KeyValue of one entry of h: from memory when it is the newest."""
+        if h.newest is not None and entry == h.entries[-1]:
+            return h.newest
         skey = L.rev_key(entry_main(entry), entry_sub(entry), is_tombstone(entry))
         payload = self._overlay.get(skey)
         if payload is not None:
@@ -184,7 +196,7 @@ class MVCCStore:
         if h is None or not h.entries:
             return None
         e = h.at(rev)
-        return None if e is None else self.kv(key, e)
+        return None if e is None else self.kv(e, h)
 
     def history(self, from_rev: int, to_rev: int) -> Iterator[Event]:
         """Every committed change with from_rev <= revision <= to_rev, in order."""
@@ -323,7 +335,10 @@ class WriteTxn:
         )
         h.entries.append(pack(self.rev, self.sub))
         h.create, h.version, h.lease = create, version, lease
-        s._stage_change(L.rev_key(self.rev, self.sub), kv.SerializeToString(), Event(type=PUT, kv=kv))
+        payload = kv.SerializeToString()
+        # With CRC on, every read must check the stored record (spec §4), so nothing is held.
+        h.newest = None if s.codec.crc else payload
+        s._stage_change(L.rev_key(self.rev, self.sub), payload, Event(type=PUT, kv=kv))
         self._bump()
         return kv
 
@@ -332,6 +347,7 @@ class WriteTxn:
         kv = KeyValue(key=key, mod_revision=self.rev)
         h.entries.append(pack(self.rev, self.sub, True))
         h.create = h.version = h.lease = 0
+        h.newest = None
         self.store._stage_change(
             L.rev_key(self.rev, self.sub, True), kv.SerializeToString(), Event(type=DELETE, kv=kv)
         )

@@ -45,7 +45,7 @@ def test_half_applied_txn_is_rolled_back(tmp_path: Path, monkeypatch: pytest.Mon
         node.close()
         again = Node(LevelDBStorage(tmp_path / "db"), Config())
         again.load()
-        keys = [k for k, _ in again.store.live(b"\0", b"\0", again.store.committed_rev)]
+        keys = [k for k, _, _ in again.store.live(b"\0", b"\0", again.store.committed_rev)]
         assert keys == [b"after", b"before"]
         again.close()
 
