@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import islice
+
 from metastore_core.mvcc.index import entry_main
 from metastore_core.mvcc.store import MVCCStore
 from metastore_core.pb.etcdserverpb.rpc_pb2 import RangeRequest, RangeResponse
@@ -22,9 +24,9 @@ _SORT_KEYS = {
 def range_at(store: MVCCStore, req: RangeRequest, rev: int) -> RangeResponse:
     """Answer req at revision rev (already checked against compaction)."""
     resp = RangeResponse()
-    live = list(store.live(req.key, req.range_end, rev))
-    resp.count = len(live)  # before limit and filters, as etcd counts
+    # count is taken before limit and filters, as etcd counts
     if req.count_only:
+        resp.count = store.count_live(req.key, req.range_end, rev)
         return resp
     limit = req.limit
     filtered = bool(
@@ -34,10 +36,15 @@ def range_at(store: MVCCStore, req: RangeRequest, rev: int) -> RangeResponse:
     if req.sort_target != _KEY and order == _NONE:
         order = RangeRequest.ASCEND
     if not filtered and (order == _NONE or (req.sort_target == _KEY and order == RangeRequest.ASCEND)):
-        # Keys come ascending already: load only what is returned.
-        if limit and len(live) > limit:
-            live = live[:limit]
-            resp.more = True
+        # Keys come ascending already: load only what is returned. A page of a big range
+        # (Kubernetes lists with limit) counts every key but builds only the page.
+        if limit:
+            resp.count = store.count_live(req.key, req.range_end, rev)
+            live = list(islice(store.live(req.key, req.range_end, rev), limit))
+            resp.more = resp.count > limit
+        else:
+            live = list(store.live(req.key, req.range_end, rev))
+            resp.count = len(live)
         kvs = resp.kvs
         for _, entry, h in live:
             kv = kvs.add()
@@ -45,6 +52,8 @@ def range_at(store: MVCCStore, req: RangeRequest, rev: int) -> RangeResponse:
             if req.keys_only:
                 kv.value = b""
         return resp
+    live = list(store.live(req.key, req.range_end, rev))
+    resp.count = len(live)
     if req.min_mod_revision or req.max_mod_revision:
         lo, hi = req.min_mod_revision, req.max_mod_revision
         live = [

@@ -139,6 +139,10 @@ class Index:
         keys = list(self.keys(key, end))
         return zip(keys, map(self._map.__getitem__, keys), strict=True)
 
+    def history_values(self, key: bytes, end: bytes) -> Iterator[KeyHistory]:
+        """The histories of histories(key, end), without their keys."""
+        return map(self._map.__getitem__, list(self.keys(key, end)))
+
     def all(self) -> Iterator[tuple[bytes, KeyHistory]]:
         m = self._map
         for k in self._sorted:
