@@ -143,6 +143,12 @@ class MVCCMachine(RuleBasedStateMachine):
             assert [
                 (kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version) for kv in got.kvs
             ] == [(k, *want[k]) for k in sorted(want)]
+            # a page and a bare count see the same keys (they take their own, faster paths)
+            page = range_at(store, pb.RangeRequest(key=b"\0", range_end=b"\0", revision=rev, limit=2), rev)
+            assert (page.count, page.more) == (len(want), len(want) > 2)
+            assert [kv.key for kv in page.kvs] == sorted(want)[:2]
+            only = range_at(store, pb.RangeRequest(key=b"\0", range_end=b"\0", count_only=True), rev)
+            assert (only.count, len(only.kvs)) == (len(want), 0)
         if self.compacted > 1:
             with pytest.raises(errors.Compacted):
                 store.check_rev(self.compacted - 1)
