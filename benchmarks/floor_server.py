@@ -4,11 +4,14 @@ It answers the benchmark's requests with correctly shaped responses and nothing 
 it costs is the price of one RPC in Python with grpcio. Two shapes:
 
     python -m benchmarks.floor_server --port P --shape threads --workers 2   # grpcio thread pool
-    python -m benchmarks.floor_server --port P --shape aio [--uvloop]        # grpc.aio
+    python -m benchmarks.floor_server --port P --shape aio [--uvloop] [--hop]  # grpc.aio
 
 The thread-pool shape serves KV only: every open stream (Watch, LeaseKeepAlive) would hold one
 of its few worker threads for its whole life, which is why metastore runs on grpc.aio. The aio
-shape also serves Lease (grant, keep-alive, revoke) and a minimal Watch fan-out.
+shape also serves Lease (grant, keep-alive, revoke) and a minimal Watch fan-out. With --hop
+its writes (Put, DeleteRange, Txn) answer only after a round trip through one plain thread,
+shared by the writes that arrive meanwhile, as metastore's group commit does, minus the disk:
+what a durable write costs over the bare RPC before any engine work.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import bisect
+import queue
 import signal
 import threading
 from collections.abc import AsyncIterator
@@ -154,21 +158,60 @@ class ThreadKV(pbg.KVServicer):
         return self.f.txn(r)
 
 
+class Hop:
+    """Writers wait for one no-op round trip through a plain thread, shared while one is out."""
+
+    def __init__(self) -> None:
+        self.waiters: list[asyncio.Future[None]] = []
+        self.out = False
+        self.jobs: queue.SimpleQueue[asyncio.AbstractEventLoop] = queue.SimpleQueue()
+        threading.Thread(target=self._thread, daemon=True).start()
+
+    async def wait(self) -> None:
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self.waiters.append(fut)
+        if not self.out:
+            self.out = True
+            self.jobs.put(loop)
+        await fut
+
+    def _thread(self) -> None:
+        while True:
+            self.jobs.get().call_soon_threadsafe(self._back)
+
+    def _back(self) -> None:
+        waiters, self.waiters = self.waiters, []
+        for fut in waiters:
+            fut.set_result(None)
+        self.out = False
+
+
 class AioKV(pbg.KVServicer):
-    def __init__(self, floor: Floor) -> None:
+    def __init__(self, floor: Floor, hop: Hop | None = None) -> None:
         self.f = floor
+        self.hop = hop
 
     async def Range(self, r: pb.RangeRequest, ctx: Any) -> pb.RangeResponse:
         return self.f.range(r)
 
     async def Put(self, r: pb.PutRequest, ctx: Any) -> pb.PutResponse:
-        return self.f.put(r)
+        resp = self.f.put(r)
+        if self.hop is not None:
+            await self.hop.wait()
+        return resp
 
     async def DeleteRange(self, r: pb.DeleteRangeRequest, ctx: Any) -> pb.DeleteRangeResponse:
-        return self.f.delete(r)
+        resp = self.f.delete(r)
+        if self.hop is not None:
+            await self.hop.wait()
+        return resp
 
     async def Txn(self, r: pb.TxnRequest, ctx: Any) -> pb.TxnResponse:
-        return self.f.txn(r)
+        resp = self.f.txn(r)
+        if self.hop is not None:
+            await self.hop.wait()
+        return resp
 
 
 class AioLease(pbg.LeaseServicer):
@@ -261,10 +304,10 @@ def serve_threads(port: int, workers: int) -> None:
     server.stop(1).wait()
 
 
-async def serve_aio(port: int) -> None:
+async def serve_aio(port: int, hop: bool) -> None:
     floor = Floor()
     server = grpc.aio.server(options=OPTIONS)
-    pbg.add_KVServicer_to_server(AioKV(floor), server)  # type: ignore[abstract]
+    pbg.add_KVServicer_to_server(AioKV(floor, Hop() if hop else None), server)  # type: ignore[abstract]
     pbg.add_LeaseServicer_to_server(AioLease(floor), server)  # type: ignore[abstract]
     pbg.add_WatchServicer_to_server(AioWatch(floor), server)
     server.add_insecure_port(f"127.0.0.1:{port}")
@@ -283,6 +326,7 @@ def main() -> None:
     ap.add_argument("--shape", choices=("threads", "aio"), default="threads")
     ap.add_argument("--workers", type=int, default=2, help="thread-pool workers (threads shape)")
     ap.add_argument("--uvloop", action="store_true", help="run the aio shape on uvloop")
+    ap.add_argument("--hop", action="store_true", help="aio writes wait for a writer-thread round trip")
     a = ap.parse_args()
     if a.shape == "threads":
         serve_threads(a.port, a.workers)
@@ -291,7 +335,7 @@ def main() -> None:
             import uvloop
 
             uvloop.install()
-        asyncio.run(serve_aio(a.port))
+        asyncio.run(serve_aio(a.port, a.hop))
 
 
 if __name__ == "__main__":

@@ -31,7 +31,12 @@ def _count_commits() -> None:
     def report() -> None:
         for c in made:
             per = c.entries / c.batches if c.batches else 0.0
-            stats = {"batches": c.batches, "entries": c.entries, "entries_per_batch": round(per, 2)}
+            stats = {
+                "batches": c.batches,
+                "inline_batches": c.inline_batches,
+                "entries": c.entries,
+                "entries_per_batch": round(per, 2),
+            }
             print("bench-stats " + json.dumps(stats), file=sys.stderr, flush=True)
 
     atexit.register(report)

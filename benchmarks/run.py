@@ -63,6 +63,11 @@ TARGETS = {
     "metastore-no-layers": ("metastore", ["--no-layers"]),
     "floor": ("floor", ["--shape", "threads", "--workers", "2"]),
     "floor-aio": ("floor", ["--shape", "aio"]),
+    # For taking a write apart (benchmarks/README.md, "Where a put's time goes"):
+    "floor-aio-uvloop": ("floor", ["--shape", "aio", "--uvloop"]),
+    "floor-aio-hop": ("floor", ["--shape", "aio", "--uvloop", "--hop"]),
+    "metastore-memory": ("metastore", ["--backend", "memory"]),
+    "metastore-no-fsync": ("metastore", ["--unsafe-no-fsync"]),
 }
 DEFAULT_TARGETS = ["etcd", "metastore", "floor", "floor-aio"]
 RELIABILITY_WORKLOADS = [("put", 1), ("put", 64), ("get", 64)]
