@@ -103,6 +103,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     ap.add_argument("--native", action="store_true", help="include C frames (grpc core, protobuf)")
+    ap.add_argument("--gil", action="store_true", help="only sample the thread holding the GIL")
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--metastore-arg", action="append", default=[])
     ap.add_argument("--keep", action="store_true")
@@ -121,6 +122,7 @@ def main() -> int:
         cmd = [spy, "record", "--pid", str(t.pid), "--rate", str(a.rate), "--format", "raw", "-o", str(raw)]
         # --native needs to stop the process for each sample; without it sampling does not pause it.
         cmd += ["--duration", str(int(a.seconds))] + (["--native"] if a.native else ["--nonblocking"])
+        cmd += ["--gil"] if a.gil else []
         spy_proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         res = client.ask(
             {

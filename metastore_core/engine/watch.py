@@ -225,6 +225,9 @@ class WatchHub:
     # ------------------------------------------------------------ fan-out
     def on_events(self, rev: int, events: list[Event]) -> None:
         """A durable batch (events in revision order); rev is its newest revision."""
+        if not self._by_key and not self._ranges:  # nobody watches: skip the per-event walk
+            self.events_total += len(events)
+            return
         woken: set[WatchSession] = set()
         for main, group in groupby(events, key=lambda ev: ev.kv.mod_revision):
             evs = list(group)

@@ -33,6 +33,7 @@ class MemoryStorage:
 
     def __init__(self) -> None:
         self._data: SortedDict = SortedDict()
+        self._bytes = 0  # len(key) + len(value) over every pair, kept as writes land
         self._closed = False
         # A test hook: when set, the next write raises it (simulates an I/O error).
         self.fail_next_write: Exception | None = None
@@ -53,17 +54,23 @@ class MemoryStorage:
         if self.fail_next_write is not None:
             err, self.fail_next_write = self.fail_next_write, None
             raise StorageError(str(err))
+        data = self._data
         for key, value in batch:
+            old = data.get(key)
+            if old is not None:
+                self._bytes -= len(key) + len(old)
             if value is None:
-                self._data.pop(key, None)
+                if old is not None:
+                    del data[key]
             else:
-                self._data[key] = value
+                data[key] = value
+                self._bytes += len(key) + len(value)
 
     def view(self) -> MemoryView:
         return MemoryView(self._data)
 
     def size(self) -> int:
-        return sum(len(k) + len(v) for k, v in self._data.items())
+        return self._bytes  # summing on demand took ~25 ms per 100k keys, 4x a second
 
     def compact(self) -> None:
         pass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,6 +51,25 @@ def test_size_grows_with_data(storage: Storage) -> None:
     storage.write([(b"k%d" % i, b"v" * 100) for i in range(100)])
     storage.compact()
     assert storage.size() > before
+
+
+def test_memory_size_is_the_bytes_held_after_puts_overwrites_and_deletes() -> None:
+    rnd = random.Random(3)
+    s = MemoryStorage()
+    model: dict[bytes, bytes] = {}
+    for _ in range(300):
+        batch: list[tuple[bytes, bytes | None]] = []
+        for _ in range(rnd.randrange(1, 5)):
+            key = b"k%d" % rnd.randrange(40)
+            value = None if rnd.random() < 0.3 else b"v" * rnd.randrange(0, 50)
+            batch.append((key, value))
+        s.write(batch)
+        for key, value in batch:
+            if value is None:
+                model.pop(key, None)
+            else:
+                model[key] = value
+        assert s.size() == sum(len(k) + len(v) for k, v in model.items())
 
 
 def test_leveldb_survives_reopen(tmp_path: Path) -> None:
