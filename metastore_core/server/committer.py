@@ -77,7 +77,7 @@ class Committer:
         store = self.store
         if store.durable_seq >= store.staged_seq and not self._running:
             if self.failed is not None:
-                raise errors.Unavailable(f"etcdserver: storage failed: {self.failed}")
+                raise _storage_failed(self.failed)
             return
         if not self._running and not self._waiters and not self._hold and self.failed is None:
             now = time.monotonic()
@@ -119,7 +119,7 @@ class Committer:
             self._write(d)
         except Exception as exc:
             self._fail(exc)
-            raise errors.Unavailable(f"etcdserver: storage failed: {exc}") from exc
+            raise _storage_failed(exc) from exc
         self.inline_batches += 1
         self._durable(d)
 
@@ -184,7 +184,7 @@ class Committer:
     def _fail(self, exc: Exception) -> None:
         log.error("write batch failed, nothing of it was acknowledged: %s", exc)
         self.failed = exc
-        err = errors.Unavailable(f"etcdserver: storage failed: {exc}")
+        err = _storage_failed(exc)
         waiters, self._waiters = self._waiters, []
         for _, fut in waiters:
             if not fut.done():
@@ -226,6 +226,11 @@ class Committer:
         """Finish queued work, then stop the writer thread."""
         self._jobs.put(None)
         self._thread.join()
+
+
+def _storage_failed(exc: Exception) -> errors.Unavailable:
+    """What every writer waiting on a failed (or earlier failed) batch is told."""
+    return errors.Unavailable(f"etcdserver: storage failed: {exc}")
 
 
 def _settle(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
