@@ -104,8 +104,8 @@ def _free_port() -> int:
 
 def serve(mode: str, port: int, metrics_port: int) -> None:
     """Child process: one daemon with (on) or without (off) the reliability layer."""
+    from metastore_core.config import Config
     from metastore_core.server.app import Server
-    from metastore_core.server.config import Config
 
     async def main() -> None:
         cfg = Config(

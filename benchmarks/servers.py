@@ -5,16 +5,13 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
-
-from metastore_core.pb.etcdserverpb import rpc_pb2, rpc_pb2_grpc
+from tests.support import first_range, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,38 +39,6 @@ def export_rev(rev: str, into: Path) -> str:
     archive = subprocess.run(["git", "archive", short], capture_output=True, cwd=ROOT, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
     return short
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def first_range(endpoint: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> float:
-    """Poll a Range until it answers; returns the monotonic time it did.
-
-    The channel retries its connection every 10 ms: with grpc's default reconnect backoff
-    (1 s, growing) a server that opens its port late would be measured a second slow."""
-    deadline = time.monotonic() + timeout
-    fast_retry = [
-        ("grpc.initial_reconnect_backoff_ms", 10),
-        ("grpc.min_reconnect_backoff_ms", 10),
-        ("grpc.max_reconnect_backoff_ms", 10),
-    ]
-    with grpc.insecure_channel(endpoint, options=fast_retry) as ch:
-        stub = rpc_pb2_grpc.KVStub(ch)
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}")
-            try:
-                stub.Range(rpc_pb2.RangeRequest(key=b"\0"), timeout=0.5)
-                return time.monotonic()
-            except grpc.RpcError as exc:
-                if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                    return time.monotonic()
-            time.sleep(0.005)
-    raise RuntimeError(f"server on {endpoint} not ready after {timeout}s")
 
 
 @dataclass

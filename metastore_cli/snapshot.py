@@ -15,8 +15,8 @@ from pathlib import Path
 import grpc
 import typer
 
+from metastore_core.config import host_port
 from metastore_core.pb.etcdserverpb import rpc_pb2, rpc_pb2_grpc
-from metastore_core.server.config import host_port
 from metastore_core.storage import snapshot as S
 
 app = typer.Typer(

@@ -15,8 +15,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from benchmarks.servers import first_range, free_port
 from metastore_core.pb.etcdserverpb import rpc_pb2_grpc
+from tests.support import first_range, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -20,10 +20,10 @@ from urllib.parse import urlparse
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
+from metastore_core.config import Config, host_port
 from metastore_core.pb.etcdserverpb import rpc_pb2 as pb
 from metastore_core.server import faults
 from metastore_core.server.authz import auth_layer
-from metastore_core.server.config import Config, host_port
 from metastore_core.server.health import (
     NOT_SERVING,
     HealthMonitor,

@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from metastore_core import errors
+from metastore_core.config import Config
 from metastore_core.engine.alarms import Alarms
 from metastore_core.engine.apply import Applier
 from metastore_core.engine.lease import Lessor
@@ -14,7 +15,6 @@ from metastore_core.mvcc.store import MVCCStore
 from metastore_core.pb.etcdserverpb import rpc_pb2 as pb
 from metastore_core.server.committer import Committer
 from metastore_core.server.compactor import Compactor
-from metastore_core.server.config import Config
 from metastore_core.server.quota import StorageRecovery, WriteGuard
 from metastore_core.storage import Storage
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import grpc
 import pytest
 
+from metastore_core.config import Config
 from metastore_core.pb.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 from metastore_core.server.app import Server
-from metastore_core.server.config import Config
 from metastore_core.storage import layout as L
 from metastore_core.storage.base import StorageError
 from metastore_core.storage.memory import MemoryStorage

@@ -8,8 +8,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from metastore_core.config import Config
 from metastore_core.server.app import Server
-from metastore_core.server.config import Config
 from metastore_core.storage.memory import MemoryStorage
 
 from conftest import free_port

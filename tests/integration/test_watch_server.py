@@ -7,10 +7,10 @@ import time
 
 import grpc
 
+from metastore_core.config import Config
 from metastore_core.pb.etcdserverpb import rpc_pb2 as pb
 from metastore_core.pb.etcdserverpb import rpc_pb2_grpc
 from metastore_core.server.app import Server
-from metastore_core.server.config import Config
 from metastore_core.server.watch import WatchService
 
 from conftest import free_port

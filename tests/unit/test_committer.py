@@ -10,9 +10,9 @@ from collections.abc import Sequence
 import pytest
 
 from metastore_core import errors
+from metastore_core.config import Config
 from metastore_core.pb.etcdserverpb import rpc_pb2 as pb
 from metastore_core.server import committer
-from metastore_core.server.config import Config
 from metastore_core.server.node import Node
 from metastore_core.storage.base import Write
 from metastore_core.storage.memory import MemoryStorage

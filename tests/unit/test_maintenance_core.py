@@ -271,7 +271,7 @@ def test_quota_cost_counts_what_may_add_data() -> None:
 
 
 async def test_a_failed_batch_raises_an_alarm_refuses_writes_and_recovers_after_disarm() -> None:
-    from metastore_core.server.config import Config
+    from metastore_core.config import Config
     from metastore_core.server.maintenance import MaintenanceService
     from metastore_core.server.node import Node
 
@@ -303,7 +303,7 @@ async def test_a_failed_batch_raises_an_alarm_refuses_writes_and_recovers_after_
 
 
 async def test_quota_and_corrupt_alarm_gate_writes() -> None:
-    from metastore_core.server.config import Config
+    from metastore_core.config import Config
     from metastore_core.server.node import Node
 
     node = Node(MemoryStorage(), Config(backend="memory", quota_backend_bytes=5000))

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from metastore_core.config import Config
 from metastore_core.pb.etcdserverpb import rpc_pb2 as pb
-from metastore_core.server.config import Config
 from metastore_core.server.node import Node
 from metastore_core.storage.leveldb import LevelDBStorage
 
