@@ -26,10 +26,10 @@ from pathlib import Path
 
 import grpc
 
+from metastore_core.member.compactor import CHUNK
 from metastore_core.mvcc.store import MVCCStore
 from metastore_core.pb.etcdserverpb import rpc_pb2 as pb
 from metastore_core.pb.etcdserverpb import rpc_pb2_grpc as rpc
-from metastore_core.server.compactor import CHUNK
 from metastore_core.storage.datadir import DataDir
 from metastore_core.storage.leveldb import LevelDBStorage
 

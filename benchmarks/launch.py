@@ -17,7 +17,10 @@ from typing import Any
 
 
 def _count_commits() -> None:
-    from metastore_core.server import committer
+    try:
+        from metastore_core.member import committer
+    except ImportError:  # a tree from before the member layer (benchmarks --compare-rev)
+        from metastore_core.server import committer  # type: ignore[no-redef]
 
     made: list[Any] = []
     init = committer.Committer.__init__

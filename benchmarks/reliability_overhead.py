@@ -7,7 +7,7 @@ Two measurements:
 
 1. micro: the wrapped behaviour of one method called in a loop in-process (no gRPC, no I/O),
    with the layers (recovery+metrics, limits with its timeout, auth) and without them
-   (only the error map every method has anyway). This is the layer's own cost per call,
+   (the servicer method alone). This is the layer's own cost per call,
    with almost no noise.
 2. end to end: two daemons (memory backend, same code, one built with the layer and one with
    `layers=[]`), driven by a separate load-client process (grpc.aio, 64 calls in flight over 4
@@ -37,39 +37,25 @@ _TICK = os.sysconf("SC_CLK_TCK")
 
 
 # ---------------------------------------------------------------------- micro
-class _Ctx:
-    def code(self) -> None:
-        return None
-
-    async def abort(self, code: Any, details: str) -> None:
-        raise RuntimeError(details)
-
-    def time_remaining(self) -> float:
-        return 30.0
-
-
 def micro(n: int) -> dict[str, float]:
     """Per-call cost of the layers around a do-nothing unary behaviour, in microseconds."""
     from metastore_core.pb.etcdserverpb import rpc_pb2
-    from metastore_core.server.app import reliability_layers
-    from metastore_core.server.limits import Limiter
-    from metastore_core.server.metrics import RequestMetrics
-    from metastore_core.server.recovery import Recovery
-    from metastore_core.server.rpc import MethodInfo, _map_errors
+    from metastore_core.server.layers import reliability_layers
+    from metastore_core.server.layers.limits import Limiter
+    from metastore_core.server.layers.metrics import RequestMetrics
+    from metastore_core.server.layers.recovery import Recovery
+    from metastore_core.server.methods import Call, method_info
 
-    info = MethodInfo(
-        "etcdserverpb.KV", "Range", "/etcdserverpb.KV/Range", False, False, rpc_pb2.RangeRequest
-    )
+    info = method_info("etcdserverpb.KV", "Range", False, False, rpc_pb2.RangeRequest)
     resp = rpc_pb2.RangeResponse()
 
-    async def handler(request: Any, context: Any) -> Any:
+    async def bare(request: Any, call: Any) -> Any:
         return resp
 
-    bare = _map_errors(info, handler)
     wrapped = bare
-    for layer in reliability_layers(Recovery(), Limiter(5000, 30.0, 2 << 30), RequestMetrics()):
+    for layer in reliability_layers(Recovery(), Limiter(5000, 30.0), RequestMetrics()):
         wrapped = layer(info, wrapped)
-    req, ctx = rpc_pb2.RangeRequest(key=b"k"), _Ctx()
+    req, ctx = rpc_pb2.RangeRequest(key=b"k"), Call()
 
     async def loop(fn: Any) -> float:
         for _ in range(2000):

@@ -17,9 +17,8 @@ from typing import Any
 import typer
 import yaml
 
-from metastore_core.config import Config
+from metastore_core.config import PRESETS, Config
 from metastore_core.server.app import Server
-from metastore_core.server.limits import PRESETS
 from metastore_core.storage.base import StorageError
 from metastore_core.storage.datadir import DataDirInUse
 

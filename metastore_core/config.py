@@ -80,3 +80,39 @@ def host_port(url: str) -> str:
     if ":" in host:
         host = f"[{host}]"
     return f"{host}:{parsed.port}"
+
+
+GiB = 1 << 30
+MiB = 1 << 20
+
+# Config field values of each preset (spec §4.7); explicit flags override them.
+PRESETS: dict[str, dict[str, object]] = {
+    "default": {
+        "max_connections": 10_000,
+        "max_concurrent_requests": 5_000,
+        "max_memory_bytes": 2 * GiB,
+        "max_recv_bytes": 4 * MiB,
+        "request_timeout_s": 30.0,
+        "connection_timeout_s": 10.0,
+        "shutdown_timeout_s": 30.0,
+    },
+    "high-load": {
+        "max_connections": 50_000,
+        "max_concurrent_requests": 20_000,
+        "max_memory_bytes": 8 * GiB,
+        "max_recv_bytes": 8 * MiB,
+        "request_timeout_s": 60.0,
+        "connection_timeout_s": 30.0,
+        "shutdown_timeout_s": 60.0,
+    },
+    "safe": {
+        "max_connections": 5_000,
+        "max_concurrent_requests": 2_000,
+        "max_memory_bytes": 1 * GiB,
+        "max_recv_bytes": 1 * MiB,
+        "request_timeout_s": 10.0,
+        "connection_timeout_s": 5.0,
+        "shutdown_timeout_s": 30.0,
+        "enable_crc": True,
+    },
+}

@@ -1,15 +1,16 @@
-"""Domain errors of the engine, carrying etcd's exact messages.
+"""Domain errors: every refusal the daemon gives, carrying etcd's exact messages.
 
 Clients match on these strings, so they are part of the wire contract. The
-gRPC status code of each lives in one table at the edge (server/status.py);
-the engine never imports grpc.
+status code of each (gRPC code, HTTP status) lives in one table at the edge
+(server/status.py); nothing here knows a transport. A test checks that every
+class below has a row there.
 """
 
 from __future__ import annotations
 
 
 class MetastoreError(Exception):
-    """Base of every error the engine raises on purpose."""
+    """Base of every error raised on purpose; `message` is the default text."""
 
     message = "etcdserver: unknown error"
 
@@ -56,6 +57,12 @@ class InvalidRequest(MetastoreError):
     message = "etcdserver: invalid request"
 
 
+class Malformed(MetastoreError):
+    """The request bytes did not decode (etcd's Go server words it this way)."""
+
+    message = "grpc: error unmarshalling request"
+
+
 # --- mvcc (OutOfRange) ---
 class Compacted(MetastoreError):
     message = "etcdserver: mvcc: required revision has been compacted"
@@ -78,7 +85,7 @@ class LeaseTTLTooLarge(MetastoreError):
     message = "etcdserver: too large lease TTL"
 
 
-# --- space, health ---
+# --- the write gate: space, integrity, storage, memory ---
 class NoSpace(MetastoreError):
     message = "etcdserver: mvcc: database space exceeded"
 
@@ -87,24 +94,93 @@ class Corrupt(MetastoreError):
     message = "etcdserver: corrupt cluster"
 
 
+class StorageFailed(MetastoreError):
+    """A batch write failed: nothing of it was acknowledged, and writes stay refused."""
+
+    def __init__(self, cause: object) -> None:
+        super().__init__(
+            f"etcdserver: storage failed ({cause}); writes are refused until there is space "
+            "again and the alarm is disarmed (etcdctl alarm disarm)"
+        )
+
+
+class MemoryLimit(MetastoreError):
+    """Resident memory reached --max-memory: writes that add data wait until it falls."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"etcdserver: memory limit reached: {limit} bytes (--max-memory); "
+            "writes are refused until memory falls"
+        )
+
+
+# --- resource limits and lifecycle ---
 class TooManyRequests(MetastoreError):
-    message = "etcdserver: too many requests"
+    """More unary calls in flight than --max-concurrent-requests."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"etcdserver: too many requests: limit of {limit} concurrent requests "
+            "reached (--max-concurrent-requests)"
+        )
 
 
-class Unavailable(MetastoreError):
-    """The store cannot take writes now (I/O failure, shutting down)."""
+class RequestTimeout(MetastoreError):
+    message = "etcdserver: request timed out"
+
+
+class Stopping(MetastoreError):
+    """The daemon is shutting down; clients retry elsewhere or after the restart."""
 
     message = "etcdserver: server stopped"
 
 
+class Unavailable(MetastoreError):
+    """A transient state a client should retry (the request was not applied)."""
+
+    message = "etcdserver: request aborted"
+
+
 # --- cluster and maintenance ---
-class MemberNotFound(MetastoreError):
-    message = "etcdserver: member not found"
-
-
-class NotCapable(MetastoreError):
-    message = "etcdserver: not capable"
-
-
 class BadLeaderTransferee(MetastoreError):
     message = "etcdserver: bad leader transferee"
+
+
+class Unimplemented(MetastoreError):
+    """A call this daemon does not serve; the message says why."""
+
+    message = "metastore: not implemented"
+
+
+class UnknownService(MetastoreError):
+    """grpc.health.v1: Check of a name that is not served."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"unknown service {name!r}")
+
+
+class TooManyToList(MetastoreError):
+    """grpc.health.v1: List answers at most this many names."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"more than {limit} services to list")
+
+
+# --- lock and election: etcd answers these with the raw error (code Unknown) ---
+class RecipeLeaseNotFound(MetastoreError):
+    message = "etcdserver: requested lease not found"
+
+
+class NoLeader(MetastoreError):
+    message = "election: no leader"
+
+
+class NotLeader(MetastoreError):
+    message = "election: not leader"
+
+
+# --- the catch-all for bugs ---
+class Internal(MetastoreError):
+    """An unexpected exception in a handler, logged and counted by the recovery layer."""
+
+    message = "internal server error: panic recovered"

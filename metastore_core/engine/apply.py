@@ -1,11 +1,14 @@
-"""The one apply path: every write command comes in here and a response goes out.
+"""The one apply path: every write command comes in here, in a log entry, and a response goes out.
 
-Commands are etcd's own request messages, as etcd's raft log carries them,
-so a consensus log can be put in front of `apply` later without touching
-the handlers. Each call either applies fully or raises before changing
-anything: all checks run against the state before the first change.
-The caller (the server's committer) makes the staged writes durable before
-it answers.
+Commands are etcd's own request messages, as etcd's raft log carries them
+(engine/entry.py). Each entry either applies fully or raises before changing
+anything: all checks run against the state before the first change. Apply is
+deterministic: the same entries applied in the same order leave the same
+bytes in storage on any member (nothing random, no clock in replicated
+state; tests/unit/test_determinism.py). The one clock read sets a granted
+lease's deadline, which is member-local, never stored: only the leader
+expires leases, and a new leader resets every deadline.
+The caller (member/single.py) makes the staged writes durable before it answers.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from collections.abc import Callable
 from typing import Any
 
 from metastore_core import errors
+from metastore_core.engine.alarms import Alarms
+from metastore_core.engine.entry import Entry
 from metastore_core.engine.lease import Lessor
 from metastore_core.engine.ranges import range_at
 from metastore_core.mvcc.store import MVCCStore, WriteTxn
@@ -48,11 +53,12 @@ def _compare_kv(c: pb.Compare, kv: KeyValue) -> bool:
 
 
 class Applier:
-    """Applies write commands to the store and the lessor."""
+    """Applies write commands to the store, the lessor and the alarms."""
 
-    def __init__(self, store: MVCCStore, lessor: Lessor, clock: Callable[[], float]) -> None:
+    def __init__(self, store: MVCCStore, lessor: Lessor, alarms: Alarms, clock: Callable[[], float]) -> None:
         self.store = store
         self.lessor = lessor
+        self.alarms = alarms
         self.clock = clock
         self._dispatch: dict[type, Callable[[Any], Any]] = {
             pb.PutRequest: self.put,
@@ -62,14 +68,18 @@ class Applier:
             pb.LeaseGrantRequest: self.lease_grant,
             pb.LeaseRevokeRequest: self.lease_revoke,
             pb.LeaseCheckpointRequest: self.lease_checkpoint,
+            pb.AlarmRequest: self.alarm,
         }
 
-    def apply(self, command: Any) -> Any:
-        """Apply one command; returns its response message (header revision set)."""
-        handler = self._dispatch[type(command)]
-        resp = handler(command)
-        self.store.consistent_index += 1
-        return resp
+    def apply(self, entry: Entry) -> Any:
+        """Apply one entry; returns its command's response (header revision set).
+
+        The entry's index becomes the consistent index even when a check refuses the
+        command, so every member that applies the same log counts the same.
+        """
+        handler = self._dispatch[type(entry.command)]
+        self.store.consistent_index = entry.index
+        return handler(entry.command)
 
     # ------------------------------------------------------------------ put
     def _check_put(self, r: pb.PutRequest) -> None:
@@ -213,6 +223,8 @@ class Applier:
 
     # ------------------------------------------------------------------ lease
     def lease_grant(self, r: pb.LeaseGrantRequest) -> pb.LeaseGrantResponse:
+        if r.ID == 0:  # a bug in the proposer, not a client mistake: IDs are chosen before proposing
+            raise ValueError("a lease grant reached apply without an ID")
         lease = self.lessor.grant(r.ID, r.TTL, self.clock())
         resp = pb.LeaseGrantResponse(ID=lease.id, TTL=lease.ttl)
         resp.header.revision = self.store.applied_rev
@@ -236,3 +248,14 @@ class Applier:
         resp = pb.LeaseCheckpointResponse()
         resp.header.revision = self.store.applied_rev
         return resp
+
+    # ------------------------------------------------------------------ alarms
+    def alarm(self, r: pb.AlarmRequest) -> pb.AlarmResponse:
+        """Raise or clear one alarm (GET never reaches apply: it changes nothing)."""
+        if r.action == pb.AlarmRequest.ACTIVATE:
+            self.alarms.activate(r.memberID, r.alarm)
+        elif r.action == pb.AlarmRequest.DEACTIVATE:
+            self.alarms.deactivate(r.memberID, r.alarm)
+        else:
+            raise errors.InvalidRequest(f"etcdserver: invalid alarm action {r.action}")
+        return pb.AlarmResponse()

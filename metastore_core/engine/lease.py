@@ -138,6 +138,7 @@ class Lessor:
         return lease
 
     def new_id(self) -> int:
+        """A random unused ID, for the proposer to put in a grant (apply never draws one)."""
         while True:
             lease_id = secrets.randbits(63)
             if lease_id and lease_id not in self.leases:
@@ -156,13 +157,11 @@ class Lessor:
 
     # ---------------------------------------------------------------- changes (apply path)
     def grant(self, lease_id: int, ttl: int, now: float) -> Lease:
-        """Create a lease (id 0 picks one); TTL below the minimum is raised to it."""
+        """Create a lease with the proposer's ID; TTL below the minimum is raised to it."""
         check_lease_id(lease_id)
         if ttl > MAX_TTL:
             raise errors.LeaseTTLTooLarge()
-        if lease_id == 0:
-            lease_id = self.new_id()
-        elif lease_id in self.leases:
+        if lease_id in self.leases:
             raise errors.LeaseExists()
         ttl = max(ttl, self.min_ttl)
         lease = Lease(lease_id, ttl, now + ttl)

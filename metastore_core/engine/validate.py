@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from metastore_core import errors
+from metastore_core.engine.keyrange import in_any
 from metastore_core.pb.etcdserverpb.rpc_pb2 import (
     CompactionRequest,
     Compare,
@@ -130,19 +131,6 @@ def check_txn(r: TxnRequest, limits: Limits) -> None:
     _check_intervals(r.failure)
 
 
-def _in_any(key: bytes, dels: list[tuple[bytes, bytes]]) -> bool:
-    for start, end in dels:
-        if not end:
-            if key == start:
-                return True
-        elif end == b"\0":
-            if key >= start:
-                return True
-        elif start <= key < end:
-            return True
-    return False
-
-
 def _check_intervals(ops: Sequence[RequestOp]) -> tuple[set[bytes], list[tuple[bytes, bytes]]]:
     """etcd's checkIntervals: no key put twice, no put inside a delete, in one branch.
 
@@ -161,11 +149,11 @@ def _check_intervals(ops: Sequence[RequestOp]) -> tuple[set[bytes], list[tuple[b
         puts_then, dels_then = _check_intervals(op.request_txn.success)
         puts_else, dels_else = _check_intervals(op.request_txn.failure)
         for k in puts_then:
-            if k in puts or _in_any(k, dels):
+            if k in puts or in_any(k, dels):
                 raise errors.DuplicateKey()
             puts.add(k)
         for k in puts_else:
-            if (k in puts and k not in puts_then) or _in_any(k, dels):
+            if (k in puts and k not in puts_then) or in_any(k, dels):
                 raise errors.DuplicateKey()
             puts.add(k)
         dels.extend(dels_then)
@@ -174,7 +162,7 @@ def _check_intervals(ops: Sequence[RequestOp]) -> tuple[set[bytes], list[tuple[b
         if op.WhichOneof("request") != "request_put":
             continue
         k = op.request_put.key
-        if k in puts or _in_any(k, dels):
+        if k in puts or in_any(k, dels):
             raise errors.DuplicateKey()
         puts.add(k)
     return puts, dels

@@ -52,6 +52,7 @@ from dataclasses import dataclass
 from itertools import groupby
 from typing import cast
 
+from metastore_core.engine.keyrange import in_range
 from metastore_core.mvcc.store import MVCCStore
 from metastore_core.pb.etcdserverpb import rpc_pb2 as pb
 from metastore_core.pb.mvccpb.kv_pb2 import Event
@@ -83,15 +84,6 @@ class WatchLimits:
     catchup_revisions: int = 1000  # revisions per catch-up response (etcd: watchBatchMaxRevs)
     catchup_bytes: int = 1 << 20  # a catch-up response stops at a revision boundary past this
     fragment_bytes: int = 1536 * 1024  # split point for fragment=true (etcd: --max-request-bytes)
-
-
-def in_range(key: bytes, start: bytes, end: bytes) -> bool:
-    """Is key inside a watcher's range (end b'' = single key, b'\\0' = from start on)?"""
-    if not end:
-        return key == start
-    if end == b"\0":
-        return key >= start
-    return start <= key < end
 
 
 def fragments(resp: pb.WatchResponse, limit: int) -> list[pb.WatchResponse]:
@@ -319,10 +311,6 @@ class WatchHub:
         for s in list(self.sessions):
             if s.progress_tick():
                 s.wake()
-
-    def wake_all(self) -> None:
-        for s in list(self.sessions):
-            s.wake()
 
 
 def _noop() -> None:

@@ -1,37 +1,33 @@
-"""Start-up and stop of the daemon: data dir, storage, node, reliability layer, gRPC and HTTP.
+"""The daemon, composed: data dir, storage, the member, the layers, the listeners, the phases.
 
 Start-up order: lock the data dir, open storage, load (and scrub, if asked),
 build the RPC layers (recovery -> limits -> auth, wrapped once per method),
-register services, listen, start background tasks under supervision, and
-only then report SERVING. Shutdown is the four phases of lifecycle.py; the
-hooks for each phase are registered here, in `_register_shutdown`.
+register services, listen, start the member's loops and the server's own
+under supervision, and only then report SERVING. Shutdown is the four phases
+of lifecycle.py; this file only says which hook runs in which phase.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-import os
 import resource
-import time
-from collections.abc import Sequence
-from urllib.parse import urlparse
+from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
-from grpc_health.v1 import health_pb2_grpc
 
-from metastore_core.config import Config, host_port
-from metastore_core.pb.etcdserverpb import rpc_pb2 as pb
-from metastore_core.server import faults
-from metastore_core.server.authz import auth_layer
-from metastore_core.server.health import (
-    NOT_SERVING,
-    HealthMonitor,
-    HealthService,
-    storage_checker,
-    task_checker,
-)
+from metastore_core.config import Config
+from metastore_core.member.node import Node
+from metastore_core.server import listeners, rpc
+from metastore_core.server.catalog import Service, build_services
+from metastore_core.server.figures import Figures
+from metastore_core.server.healthcheck import HealthMonitor, storage_checker, task_checker
 from metastore_core.server.httpd import HttpEndpoint
+from metastore_core.server.layers import reliability_layers
+from metastore_core.server.layers.limits import Limiter, MemoryMonitor
+from metastore_core.server.layers.metrics import RequestMetrics, make_registry
+from metastore_core.server.layers.recovery import Recovery
 from metastore_core.server.lifecycle import (
     CLOSE_RESOURCES,
     DRAIN,
@@ -41,42 +37,20 @@ from metastore_core.server.lifecycle import (
     load_report,
     save_report,
 )
-from metastore_core.server.limits import Limiter, MemoryMonitor, count_connections
-from metastore_core.server.metrics import RequestMetrics, make_registry
-from metastore_core.server.node import ETCD_API_VERSION, Node
-from metastore_core.server.recovery import Recovery
-from metastore_core.server.rpc import Layer, message_types, service_handler
-from metastore_core.server.services import Service, build_admin_service, build_services
+from metastore_core.server.methods import Layer
+from metastore_core.server.services import faults
+from metastore_core.server.services.health import NOT_SERVING, HealthService
 from metastore_core.storage import Storage
 from metastore_core.storage import layout as L
 from metastore_core.storage.base import StorageError
 from metastore_core.storage.datadir import DataDir
 from metastore_core.storage.leveldb import LevelDBStorage
 from metastore_core.storage.memory import MemoryStorage
-from metastore_core.storage.scrub import scrub
 
 log = logging.getLogger("metastore")
 
 TASK_RESTARTS = 5
-
-
-def grpc_options(config: Config) -> list[tuple[str, int]]:
-    """Server options real etcd clients need (see docs/architecture.md, 'Transport')."""
-    return [
-        ("grpc.max_receive_message_length", config.max_recv_bytes),
-        ("grpc.max_send_message_length", 2**31 - 1),
-        # grpc-go clients ping every ~10 s on open streams; etcd allows pings every 5 s.
-        ("grpc.http2.min_recv_ping_interval_without_data_ms", 5000),
-        ("grpc.http2.max_ping_strikes", 0),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.max_allowed_incoming_connections", config.max_connections),
-        ("grpc.server_handshake_timeout_ms", int(config.connection_timeout_s * 1000)),
-        # The default backlog cancels ~30 % of a burst of thousands of new streams.
-        ("grpc.server.max_pending_requests", 20000),
-        ("grpc.server.max_pending_requests_hard_limit", 30000),
-        # Without this a second daemon on the same port would silently share it.
-        ("grpc.so_reuseport", 0),
-    ]
+LEASE_LOOPS = ("lease-expiry", "lease-checkpoints")
 
 
 def open_storage(config: Config, datadir: DataDir | None) -> Storage:
@@ -86,11 +60,6 @@ def open_storage(config: Config, datadir: DataDir | None) -> Storage:
         assert datadir is not None
         return LevelDBStorage(datadir.db_path)
     raise ValueError(f"unknown backend {config.backend!r}: want leveldb or memory")
-
-
-def reliability_layers(recovery: Recovery, limiter: Limiter, metrics: RequestMetrics | None) -> list[Layer]:
-    """recovery -> limits -> auth -> handler (the list is innermost first)."""
-    return [auth_layer, limiter.layer(), recovery.layer(metrics)]
 
 
 def raise_fd_limit(max_connections: int) -> None:
@@ -110,16 +79,14 @@ def raise_fd_limit(max_connections: int) -> None:
 
 
 class Server:
-    """One daemon: owns the data dir lock, the node, the gRPC server and the HTTP port."""
+    """One daemon: owns the data dir lock, the storage, the node, the gRPC server and the HTTP port."""
 
     def __init__(self, config: Config, layers: Sequence[Layer] | None = None) -> None:
         """layers=None builds the reliability layer; pass [] to serve without it (benchmarks)."""
         self.config = config
         self.recovery = Recovery()
-        self.limiter = Limiter(
-            config.max_concurrent_requests, config.request_timeout_s, config.max_memory_bytes
-        )
-        self.memory = MemoryMonitor(self.limiter, config.memory_check_interval_s)
+        self.limiter = Limiter(config.max_concurrent_requests, config.request_timeout_s)
+        self.memory = MemoryMonitor(config.max_memory_bytes, config.memory_check_interval_s)
         self.metrics = RequestMetrics()
         self.layers: list[Layer] = (
             reliability_layers(self.recovery, self.limiter, self.metrics) if layers is None else list(layers)
@@ -129,6 +96,7 @@ class Server:
         self.monitor = HealthMonitor(self.health, [], config.health_check_interval_s)
         self.http: HttpEndpoint | None = None
         self.datadir: DataDir | None = None
+        self.storage: Storage | None = None
         self.node: Node | None = None
         self.grpc: grpc.aio.Server | None = None
         self.ports: list[int] = []
@@ -136,7 +104,16 @@ class Server:
         self._grpc_stop: asyncio.Future[None] | None = None
         self.stopped = asyncio.Event()
         self.exit_code = 0
-        self._node_closed = False
+        self._released = False
+        self._spawned = itertools.count(1)
+
+    def _spawn(self, name: str, fn: Callable[[], Awaitable[None]]) -> asyncio.Future[None]:
+        """Background work of the member, supervised (a failure is logged and counted)."""
+
+        async def run() -> None:
+            await fn()
+
+        return self.recovery.safe_spawn(f"{name}-{next(self._spawned)}", run).task
 
     # ------------------------------------------------------------------ start
     async def start(self) -> None:
@@ -147,46 +124,42 @@ class Server:
             self.datadir.acquire()
             self.lifecycle.previous = load_report(self.datadir.path)
         try:
-            storage = open_storage(cfg, self.datadir)
-            self.node = node = Node(storage, cfg)
+            self.storage = open_storage(cfg, self.datadir)
+            self.node = node = Node(self.storage, cfg, spawn=self._spawn)
             try:
                 await asyncio.to_thread(node.load)
             except L.CorruptRecord as exc:
                 raise StorageError(f"data is corrupt ({exc}); refusing to start") from None
             if cfg.corrupt_check_on_start:
-                await self._scrub_on_start()
-            self.limiter.corrupt = node.alarms.has(pb.CORRUPT)
-            self.recovery.corrupt_handlers.append(self._on_corrupt)
-            node.committer.on_failure.append(lambda exc: self.monitor.poke())
-
-            self.grpc = grpc.aio.server(options=grpc_options(cfg))
-            self.services = [*build_services(node), build_admin_service(self)]
+                await node.check_integrity_on_start()
+            self.recovery.on_corrupt = node.report_corruption
+            node.on_storage_failure(lambda exc: self.monitor.poke())
+            self.memory.on_full = node.set_memory_full
+            self.grpc = grpc.aio.server(options=listeners.grpc_options(cfg))
+            figures = Figures(
+                cfg, node, self.limiter, self.memory, self.recovery, self.monitor, self.lifecycle, self.ports
+            )
+            self.services = build_services(node, cfg, self.health, figures, self.lifecycle)
             for svc in self.services:
-                types = message_types(*svc.modules)
+                methods = rpc.service_methods(svc.descriptor, svc.servicer, svc.modules)
                 self.grpc.add_generic_rpc_handlers(
-                    (service_handler(svc.descriptor, svc.servicer, types, self.layers),)
+                    (rpc.handler(svc.descriptor.full_name, methods, self.layers),)
                 )
             if faults.enabled(cfg.test_faults):
                 log.warning("TEST FAULT INJECTION ENABLED: never use this outside tests")
-                self.grpc.add_generic_rpc_handlers((faults.fault_handler(self.layers, node, self.monitor),))
-            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)  # outside the layers
+                fault_methods = faults.FaultService(node, self.monitor).methods()
+                self.grpc.add_generic_rpc_handlers((rpc.handler(faults.SERVICE, fault_methods, self.layers),))
             # NOT_SERVING for every name until the checkers have run once
-            self.monitor.service_names = [svc.descriptor.full_name for svc in self.services]
+            self.monitor.service_names = [
+                s.descriptor.full_name for s in self.services if s.servicer is not self.health
+            ]
             for name in ["", *self.monitor.service_names]:
                 self.health.set(name, NOT_SERVING)
-            for url in cfg.listen_client_urls:
-                addr = host_port(url)
-                try:
-                    port = self.grpc.add_insecure_port(addr)
-                except RuntimeError as exc:
-                    raise OSError(f"cannot listen on {addr}: {exc}") from None
-                if not port:
-                    raise OSError(f"cannot listen on {addr}: address in use?")
-                self.ports.append(port)
-            await self._start_http()
+            self.ports.extend(listeners.bind_client_urls(self.grpc, cfg.listen_client_urls))
+            await self._start_http(figures)
             await self.grpc.start()
-            self._start_tasks()
-            self._register_shutdown()
+            self._start_tasks(node)
+            self._register_shutdown(node)
             await self.monitor.evaluate()
         except BaseException:
             if self.http is not None:
@@ -196,197 +169,55 @@ class Server:
             await self.recovery.stop_tasks()
             await self._release()
             raise
-        store = node.store
+        f = node.figures
         log.info(
             "serving on %s (backend %s, data dir %s, revision %d, member %x)",
             ", ".join(cfg.listen_client_urls),
             cfg.backend,
             cfg.data_dir if cfg.backend == "leveldb" else "-",
-            store.committed_rev,
-            store.ids.member_id,
+            f.revision,
+            f.member_id,
         )
 
-    async def _scrub_on_start(self) -> None:
-        node = self.node
-        assert node is not None
-        t0 = time.monotonic()
-        report = await asyncio.to_thread(scrub, node.storage, node.store.codec)
-        if not report.ok:
-            raise StorageError(
-                "corruption found by --corrupt-check-on-start; refusing to start: "
-                + "; ".join(report.problems)
-            )
-        log.info("corrupt check: %d records verified in %.2fs", report.records, time.monotonic() - t0)
-
-    async def _start_http(self) -> None:
+    async def _start_http(self, figures: Figures) -> None:
+        figures.register(self.metrics)
         registry = make_registry([self.metrics])
-        self._register_gauges()
-        self.http = HttpEndpoint(registry, self._http_health, self._http_ready)
+        node = figures.node
+        self.http = HttpEndpoint(
+            registry,
+            lambda exclude: self.monitor.healthy(node.figures.alarm_names(), exclude),
+            self.monitor.ready,
+        )
         for url in self.config.listen_metrics_urls:
-            parsed = urlparse(url if "://" in url else "http://" + url)
-            if not parsed.hostname or parsed.port is None:
-                raise ValueError(f"bad metrics URL {url!r}: want http://HOST:PORT")
+            host, port = listeners.parse_url(url, "--listen-metrics-urls")
             try:
-                await self.http.start(parsed.hostname, parsed.port)
+                await self.http.start(host, port)
             except OSError as exc:
                 raise OSError(f"cannot listen on {url} for metrics: {exc}") from None
 
-    def _start_tasks(self) -> None:
-        node = self.node
-        assert node is not None
+    def _start_tasks(self, node: Node) -> None:
         rec = self.recovery
-        for svc in self.services:
-            for task in svc.tasks:
-                rec.safe_spawn_with_restart(f"{svc.descriptor.name}.{task.__name__}", task, TASK_RESTARTS)
+        for loop in node.loops():
+            rec.safe_spawn_with_restart(loop.name, loop.run, TASK_RESTARTS)
         self.monitor.checkers = [
             storage_checker(node),
-            task_checker("lease", rec, lambda name: name.startswith("Lease.")),
-            task_checker("tasks", rec, lambda name: not name.startswith("Lease."), require_alive=False),
+            task_checker("lease", rec, lambda name: name in LEASE_LOOPS),
+            task_checker("tasks", rec, lambda name: name not in LEASE_LOOPS, require_alive=False),
         ]
-        self.monitor.before.append(self._sync_alarm_gate)
         rec.safe_spawn_with_restart("health-monitor", self.monitor.run, 1000)
         rec.safe_spawn_with_restart("memory-monitor", self.memory.run, 1000)
         rec.safe_spawn_with_restart("request-timeouts", self.limiter.run_timeouts, 1000)
-        if self.config.corrupt_check_interval_s > 0:
-            rec.safe_spawn_with_restart("corrupt-check", self._periodic_scrub, 1000)
-
-    # ------------------------------------------------------------------ corruption
-    def _sync_alarm_gate(self) -> None:
-        if self.node is not None:
-            self.limiter.corrupt = self.node.alarms.has(pb.CORRUPT)
-
-    def _on_corrupt(self, exc: Exception) -> None:
-        """A CRC mismatch: raise CORRUPT, refuse writes from now on (reads of good data go on)."""
-        node = self.node
-        if node is None:
-            return
-        self.limiter.corrupt = True
-        if node.alarms.activate(node.store.ids.member_id, pb.CORRUPT):
-            log.error("CORRUPT alarm raised: %s", exc)
-            self.recovery.safe_spawn(f"persist-corrupt-alarm-{time.monotonic_ns()}", node.committer.flush)
-
-    async def _periodic_scrub(self) -> None:
-        node = self.node
-        assert node is not None
-        while True:
-            await asyncio.sleep(self.config.corrupt_check_interval_s)
-            report = await asyncio.to_thread(scrub, node.storage, node.store.codec)
-            if not report.ok:
-                self._on_corrupt(L.CorruptRecord("; ".join(report.problems)))
-
-    # ------------------------------------------------------------------ figures
-    def _register_gauges(self) -> None:
-        m = self.metrics
-        rec, lim, cfg = self.recovery, self.limiter, self.config
-
-        def node() -> Node:
-            assert self.node is not None
-            return self.node
-
-        m.counter("metastore_panic_total", "Handler and task exceptions recovered.", lambda: rec.panic_count)
-        m.counter(
-            "metastore_validation_errors_total",
-            "Requests refused as invalid (INVALID_ARGUMENT).",
-            lambda: rec.validation_error_count,
-        )
-        m.counter(
-            "metastore_requests_refused_total",
-            "Unary calls refused at the concurrency limit.",
-            lambda: lim.refused,
-        )
-        m.gauge("metastore_memory_usage_bytes", "Resident memory of the daemon.", self.memory.read)
-        m.gauge("metastore_memory_limit_bytes", "Memory cap (--max-memory).", lambda: lim.max_memory_bytes)
-        m.gauge(
-            "metastore_connections_current",
-            "Established client connections.",
-            lambda: count_connections(self.ports),
-        )
-        m.gauge(
-            "metastore_connections_limit", "Connection cap (--max-connections).", lambda: cfg.max_connections
-        )
-        m.gauge("metastore_requests_current", "Unary calls in flight.", lambda: lim.requests)
-        m.gauge(
-            "metastore_requests_limit",
-            "Concurrent unary call cap (--max-concurrent-requests).",
-            lambda: lim.max_requests,
-        )
-        m.gauge("metastore_streams_current", "Open streaming calls.", lambda: lim.streams)
-        m.gauge("metastore_health_serving", "1 while the overall health status is SERVING.", self._serving)
-        m.gauge("etcd_server_has_leader", "Whether a leader exists (always, single node).", lambda: 1)
-        m.gauge("etcd_server_is_leader", "Whether this member is the leader.", lambda: 1)
-        m.gauge(
-            "etcd_server_version",
-            "Which etcd API version is served.",
-            lambda: 1,
-            server_version=ETCD_API_VERSION,
-        )
-        m.gauge("etcd_mvcc_db_total_size_in_bytes", "Storage size.", lambda: node().storage.size())
-        m.gauge(
-            "etcd_mvcc_db_total_size_in_use_in_bytes", "Storage size in use.", lambda: node().storage.size()
-        )
-        m.gauge("etcd_server_quota_backend_bytes", "Backend quota.", lambda: cfg.quota_backend_bytes)
-        m.gauge(
-            "etcd_debugging_mvcc_current_revision", "Current revision.", lambda: node().store.committed_rev
-        )
-        m.gauge(
-            "etcd_debugging_mvcc_compact_revision", "Compacted revision.", lambda: node().store.compact_rev
-        )
-        m.gauge("etcd_debugging_mvcc_keys_total", "Live keys.", lambda: node().store.key_count())
-        m.gauge("etcd_debugging_lease_total", "Live leases.", lambda: len(node().lessor.leases))
-        m.gauge(
-            "etcd_debugging_mvcc_watch_stream_total",
-            "Open watch streams.",
-            lambda: lim.stream_counts.get("/etcdserverpb.Watch/Watch", 0),
-        )
-        m.counter(
-            "etcd_server_health_success_total",
-            "Successful health evaluations.",
-            lambda: self.monitor.successes,
-        )
-        m.counter(
-            "etcd_server_health_failures_total", "Failed health evaluations.", lambda: self.monitor.failures
-        )
-        m.gauge("os_fd_used", "Open file descriptors.", lambda: len(os.listdir("/proc/self/fd")))
-
-    def _serving(self) -> int:
-        return 1 if self.monitor.serving else 0
-
-    def alarm_names(self) -> list[str]:
-        if self.node is None:
-            return []
-        return sorted({pb.AlarmType.Name(a) for _, a in self.node.alarms.active})  # type: ignore[arg-type]
-
-    def _http_health(self, exclude: set[str]) -> tuple[bool, str]:
-        if self.health.shutting_down:
-            return False, "shutting down"
-        alarms = [a for a in self.alarm_names() if a not in exclude]
-        if alarms:
-            return False, "ALARM " + ",".join(alarms)
-        if not self.monitor.serving:
-            return False, "; ".join(self.monitor.reasons()) or "not serving"
-        return True, ""
-
-    def _http_ready(self) -> tuple[bool, str]:
-        if self.health.shutting_down:
-            return False, "shutting down"
-        if not self.monitor.serving:
-            return False, "; ".join(self.monitor.reasons()) or "not serving"
-        return True, ""
 
     # ------------------------------------------------------------------ stop
-    def _register_shutdown(self) -> None:
+    def _register_shutdown(self, node: Node) -> None:
         lc = self.lifecycle
         lc.on(STOP_ACCEPTING, "health", self._stop_health)
         lc.on(STOP_ACCEPTING, "grpc-listeners", self._stop_accepting)
         for svc in self.services:
             if svc.close is not None:
                 lc.on(DRAIN, f"{svc.descriptor.name}-streams", svc.close)
-        lc.on(DRAIN, "health-streams", self._end_health_streams)
         lc.on(DRAIN, "in-flight", self._wait_in_flight)
-        for svc in self.services:
-            if svc.persist is not None:
-                lc.on(PERSIST_STATE, f"{svc.descriptor.name}-state", svc.persist)
-        lc.on(PERSIST_STATE, "storage", self._persist_storage)
+        lc.on(PERSIST_STATE, "member", node.persist)
         lc.on(CLOSE_RESOURCES, "http", self._close_http)
         lc.on(CLOSE_RESOURCES, "server", self._close_server)
 
@@ -399,23 +230,9 @@ class Server:
             # Refuses new RPCs and connections now; finishes once in-flight calls end.
             self._grpc_stop = asyncio.ensure_future(self.grpc.stop(self.config.shutdown_timeout_s))
 
-    async def _end_health_streams(self) -> None:
-        self.health.close()
-
     async def _wait_in_flight(self) -> None:
         if self._grpc_stop is not None:
             await asyncio.shield(self._grpc_stop)
-
-    async def _persist_storage(self) -> None:
-        node = self.node
-        if node is None:
-            return
-        await node.committer.flush()
-        if not node.config.fsync:  # batches were written without fsync: sync once now
-            ci = node.store.consistent_index
-            await node.committer.run_io(
-                lambda: node.storage.write([(L.META_CONSISTENT_INDEX, L.u64(ci))], sync=True)
-            )
 
     async def _close_http(self) -> None:
         if self.http is not None:
@@ -454,8 +271,12 @@ class Server:
         return await self.shutdown()
 
     async def _release(self) -> None:
-        if self.node is not None and not self._node_closed:
-            self._node_closed = True
+        if self._released:
+            return
+        self._released = True
+        if self.node is not None:
             self.node.close()
+        elif self.storage is not None:
+            self.storage.close()
         if self.datadir is not None:
             self.datadir.release()

@@ -1,13 +1,14 @@
-"""Registers servicers with grpc.aio, wrapping every method once, at start-up.
+"""The gRPC binding: registers servicers with grpc.aio, wrapping every method once, at start-up.
 
-Each method's behaviour is wrapped by the error mapping (innermost), then by
-the layers the server passes in, outermost last: the reliability layer adds
-recovery -> limits -> auth this way, so nothing is rebuilt per call.
+Per method, innermost first: the servicer's method, the refusal of undecodable
+requests, then the layers the server passes in (recovery -> limits -> auth,
+outermost last), then this binding, which turns a domain error into its status
+(server/status.py) and nothing else. Servicers never see a grpc context.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,32 +17,41 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 
 from metastore_core import errors
-from metastore_core.server.status import to_status
+from metastore_core.server.methods import Behaviour, Call, Layer, MethodInfo, method_info
+from metastore_core.server.status import code_of
 
-MALFORMED_MESSAGE = "grpc: error unmarshalling request"
-Behaviour = Callable[..., Any]
-
-
-@dataclass(frozen=True)
-class MethodInfo:
-    """What a layer may want to know about the method it wraps."""
-
-    service: str  # e.g. "etcdserverpb.KV"
-    name: str  # e.g. "Range"
-    full: str  # e.g. "/etcdserverpb.KV/Range"
-    client_streaming: bool
-    server_streaming: bool
-    request_type: type[Message]
-
-
-Layer = Callable[[MethodInfo, Behaviour], Behaviour]
+_GRPC_CODES = {c.value[0]: c for c in grpc.StatusCode}
 
 
 class _Malformed:
-    """Stands in for a request that did not decode, so the handler can refuse it by name."""
+    """Stands in for a request that did not decode, so the chain can refuse (and count) it."""
 
 
 MALFORMED = _Malformed()
+
+
+def grpc_status(exc: errors.MetastoreError) -> tuple[grpc.StatusCode, str]:
+    """The gRPC (code, message) of a domain error."""
+    return _GRPC_CODES[code_of(exc)], exc.text
+
+
+class GrpcCall(Call):
+    """A Call carried by gRPC."""
+
+    __slots__ = ("_context",)
+
+    def __init__(self, context: grpc.aio.ServicerContext) -> None:
+        self.auth = None
+        self._context = context
+
+    def peer(self) -> str:
+        return str(self._context.peer())
+
+    def metadata(self, key: str) -> str | None:
+        for k, v in self._context.invocation_metadata() or ():
+            if k == key:
+                return str(v)
+        return None
 
 
 def _deserializer(cls: type[Message]) -> Callable[[bytes], Any]:
@@ -56,77 +66,88 @@ def _deserializer(cls: type[Message]) -> Callable[[bytes], Any]:
     return deserialize
 
 
-def _map_errors(info: MethodInfo, fn: Behaviour) -> Behaviour:
-    """Turn engine errors into etcd's gRPC status; refuse undecodable requests."""
+async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for req in requests:
+        if req is MALFORMED:
+            raise errors.Malformed()
+        yield req
+
+
+def _refuse_malformed(info: MethodInfo, fn: Behaviour) -> Behaviour:
+    """The innermost wrapper: a request that did not decode never reaches the servicer."""
+    if info.client_streaming:
+        return lambda requests, call: fn(_checked(requests), call)
+
+    def check(request: Any, call: Call) -> Any:
+        if request is MALFORMED:
+            raise errors.Malformed()
+        return fn(request, call)
+
+    return check
+
+
+def _grpc_behaviour(info: MethodInfo, fn: Behaviour) -> Callable[..., Any]:
     if not info.server_streaming:
 
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            if request is MALFORMED:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, MALFORMED_MESSAGE)
             try:
-                return await fn(request, context)
+                return await fn(request, GrpcCall(context))
             except errors.MetastoreError as exc:
-                code, msg = to_status(exc)
-                await context.abort(code, msg)
+                await context.abort(*grpc_status(exc))
 
         return unary
 
     async def streaming(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        if request is MALFORMED:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, MALFORMED_MESSAGE)
         try:
-            async for item in fn(request, context):
+            async for item in fn(request, GrpcCall(context)):
                 yield item
         except errors.MetastoreError as exc:
-            code, msg = to_status(exc)
-            await context.abort(code, msg)
+            await context.abort(*grpc_status(exc))
 
     return streaming
 
 
-async def checked_stream(requests: Any) -> Any:
-    """Iterate a request stream, raising on a message that did not decode."""
-    async for req in requests:
-        if req is MALFORMED:
-            raise errors.InvalidRequest(MALFORMED_MESSAGE)
-        yield req
+@dataclass(frozen=True)
+class Method:
+    """One method to serve: what it is, what implements it, its message classes."""
+
+    info: MethodInfo
+    fn: Behaviour
+    request: type[Message]
+    response: type[Message]
 
 
-def service_handler(
-    desc: ServiceDescriptor,
-    servicer: object,
-    message_types: dict[str, type[Message]],
-    layers: Sequence[Layer] = (),
-) -> grpc.GenericRpcHandler:
-    """A generic handler for every method of desc implemented by servicer."""
+def handler(service: str, methods: Sequence[Method], layers: Sequence[Layer]) -> grpc.GenericRpcHandler:
+    """A generic handler serving methods of service, each wrapped once."""
     handlers = {}
-    for m in desc.methods:
-        req_cls = message_types[m.input_type.full_name]
-        resp_cls = message_types[m.output_type.full_name]
-        info = MethodInfo(
-            service=desc.full_name,
-            name=m.name,
-            full=f"/{desc.full_name}/{m.name}",
-            client_streaming=m.client_streaming,
-            server_streaming=m.server_streaming,
-            request_type=req_cls,
-        )
-        fn: Behaviour = getattr(servicer, m.name)
-        fn = _map_errors(info, fn)
-        for layer in layers:
-            fn = layer(info, fn)
-        kind = {
+    for m in methods:
+        fn = _refuse_malformed(m.info, m.fn)
+        if m.info.policy.layers:
+            for layer in layers:
+                fn = layer(m.info, fn)
+        make = {
             (False, False): grpc.unary_unary_rpc_method_handler,
             (False, True): grpc.unary_stream_rpc_method_handler,
             (True, False): grpc.stream_unary_rpc_method_handler,
             (True, True): grpc.stream_stream_rpc_method_handler,
-        }[(m.client_streaming, m.server_streaming)]
-        handlers[m.name] = kind(
-            fn,
-            request_deserializer=_deserializer(req_cls),
-            response_serializer=resp_cls.SerializeToString,
+        }[(m.info.client_streaming, m.info.server_streaming)]
+        handlers[m.info.name] = make(
+            _grpc_behaviour(m.info, fn),
+            request_deserializer=_deserializer(m.request),
+            response_serializer=m.response.SerializeToString,
         )
-    return grpc.method_handlers_generic_handler(desc.full_name, handlers)
+    return grpc.method_handlers_generic_handler(service, handlers)
+
+
+def service_methods(desc: ServiceDescriptor, servicer: object, modules: Sequence[Any]) -> list[Method]:
+    """Every method of desc, implemented by servicer's method of the same name."""
+    types = message_types(*modules)
+    out = []
+    for m in desc.methods:
+        req = types[m.input_type.full_name]
+        info = method_info(desc.full_name, m.name, m.client_streaming, m.server_streaming, req)
+        out.append(Method(info, getattr(servicer, m.name), req, types[m.output_type.full_name]))
+    return out
 
 
 def message_types(*modules: Any) -> dict[str, type[Message]]:

@@ -1,43 +1,128 @@
-"""The one table from engine errors to gRPC status codes.
+"""The one table from domain errors to status: gRPC code, etcd's message, HTTP status.
 
-Messages come from the error itself (etcd's exact strings); the code comes
-from here. Anything not in the table is INTERNAL.
+The message is the error's own text (etcd's exact strings, errors.py); the
+code comes from here, the most specific row winning. Anything not in the
+table is INTERNAL. `Code` uses gRPC's numbering but no grpc import, so the
+HTTP side (and metrics labels) read the same table; rpc.py turns a Code
+into a grpc.StatusCode.
 """
 
 from __future__ import annotations
 
-import grpc
+import enum
 
 from metastore_core import errors
 
-CODES: dict[type[errors.MetastoreError], grpc.StatusCode] = {
-    errors.EmptyKey: grpc.StatusCode.INVALID_ARGUMENT,
-    errors.KeyNotFound: grpc.StatusCode.INVALID_ARGUMENT,
-    errors.ValueProvided: grpc.StatusCode.INVALID_ARGUMENT,
-    errors.LeaseProvided: grpc.StatusCode.INVALID_ARGUMENT,
-    errors.TooManyOps: grpc.StatusCode.INVALID_ARGUMENT,
-    errors.DuplicateKey: grpc.StatusCode.INVALID_ARGUMENT,
-    errors.RequestTooLarge: grpc.StatusCode.INVALID_ARGUMENT,
-    errors.InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
-    errors.Compacted: grpc.StatusCode.OUT_OF_RANGE,
-    errors.FutureRevision: grpc.StatusCode.OUT_OF_RANGE,
-    errors.LeaseTTLTooLarge: grpc.StatusCode.OUT_OF_RANGE,
-    errors.LeaseNotFound: grpc.StatusCode.NOT_FOUND,
-    errors.LeaseExists: grpc.StatusCode.FAILED_PRECONDITION,
-    errors.NoSpace: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    errors.TooManyRequests: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    errors.Corrupt: grpc.StatusCode.DATA_LOSS,
-    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
-    errors.NotCapable: grpc.StatusCode.UNAVAILABLE,
-    errors.MemberNotFound: grpc.StatusCode.NOT_FOUND,
-    errors.BadLeaderTransferee: grpc.StatusCode.FAILED_PRECONDITION,
+
+class Code(enum.IntEnum):
+    """gRPC status codes, by their wire numbers."""
+
+    OK = 0
+    CANCELLED = 1
+    UNKNOWN = 2
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    ALREADY_EXISTS = 6
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    FAILED_PRECONDITION = 9
+    ABORTED = 10
+    OUT_OF_RANGE = 11
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    DATA_LOSS = 15
+    UNAUTHENTICATED = 16
+
+
+# Go's codes.Code String() names, by number: the label values etcd's dashboards match on.
+GO_NAMES = (
+    "OK",
+    "Canceled",
+    "Unknown",
+    "InvalidArgument",
+    "DeadlineExceeded",
+    "NotFound",
+    "AlreadyExists",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "FailedPrecondition",
+    "Aborted",
+    "OutOfRange",
+    "Unimplemented",
+    "Internal",
+    "Unavailable",
+    "DataLoss",
+    "Unauthenticated",
+)
+
+# grpc-gateway's HTTPStatusFromCode, which etcd's JSON gateway answers with.
+HTTP_STATUS = {
+    Code.OK: 200,
+    Code.CANCELLED: 408,
+    Code.UNKNOWN: 500,
+    Code.INVALID_ARGUMENT: 400,
+    Code.DEADLINE_EXCEEDED: 504,
+    Code.NOT_FOUND: 404,
+    Code.ALREADY_EXISTS: 409,
+    Code.PERMISSION_DENIED: 403,
+    Code.RESOURCE_EXHAUSTED: 429,
+    Code.FAILED_PRECONDITION: 412,
+    Code.ABORTED: 409,
+    Code.OUT_OF_RANGE: 400,
+    Code.UNIMPLEMENTED: 501,
+    Code.INTERNAL: 500,
+    Code.UNAVAILABLE: 503,
+    Code.DATA_LOSS: 500,
+    Code.UNAUTHENTICATED: 401,
 }
 
+TABLE: dict[type[errors.MetastoreError], Code] = {
+    errors.EmptyKey: Code.INVALID_ARGUMENT,
+    errors.KeyNotFound: Code.INVALID_ARGUMENT,
+    errors.ValueProvided: Code.INVALID_ARGUMENT,
+    errors.LeaseProvided: Code.INVALID_ARGUMENT,
+    errors.TooManyOps: Code.INVALID_ARGUMENT,
+    errors.DuplicateKey: Code.INVALID_ARGUMENT,
+    errors.RequestTooLarge: Code.INVALID_ARGUMENT,
+    errors.InvalidRequest: Code.INVALID_ARGUMENT,
+    errors.Malformed: Code.INVALID_ARGUMENT,
+    errors.Compacted: Code.OUT_OF_RANGE,
+    errors.FutureRevision: Code.OUT_OF_RANGE,
+    errors.LeaseNotFound: Code.NOT_FOUND,
+    errors.LeaseExists: Code.FAILED_PRECONDITION,
+    errors.LeaseTTLTooLarge: Code.OUT_OF_RANGE,
+    errors.NoSpace: Code.RESOURCE_EXHAUSTED,
+    errors.Corrupt: Code.DATA_LOSS,
+    errors.StorageFailed: Code.UNAVAILABLE,
+    errors.MemoryLimit: Code.RESOURCE_EXHAUSTED,
+    errors.TooManyRequests: Code.RESOURCE_EXHAUSTED,
+    errors.RequestTimeout: Code.DEADLINE_EXCEEDED,
+    errors.Stopping: Code.UNAVAILABLE,
+    errors.Unavailable: Code.UNAVAILABLE,
+    errors.BadLeaderTransferee: Code.FAILED_PRECONDITION,
+    errors.Unimplemented: Code.UNIMPLEMENTED,
+    errors.UnknownService: Code.NOT_FOUND,
+    errors.TooManyToList: Code.RESOURCE_EXHAUSTED,
+    errors.RecipeLeaseNotFound: Code.UNKNOWN,
+    errors.NoLeader: Code.UNKNOWN,
+    errors.NotLeader: Code.UNKNOWN,
+    errors.Internal: Code.INTERNAL,
+}
 
-def to_status(exc: errors.MetastoreError) -> tuple[grpc.StatusCode, str]:
-    """(code, message) for an engine error; the most specific table row wins."""
-    for cls in type(exc).__mro__:
-        code = CODES.get(cls)
-        if code is not None:
-            return code, exc.text
-    return grpc.StatusCode.INTERNAL, exc.text
+_CACHE: dict[type[errors.MetastoreError], Code] = {}
+
+
+def code_of(exc: errors.MetastoreError) -> Code:
+    """The status code of a domain error; the most specific table row wins."""
+    cls = type(exc)
+    code = _CACHE.get(cls)
+    if code is None:
+        code = next((TABLE[c] for c in cls.__mro__ if c in TABLE), Code.INTERNAL)
+        _CACHE[cls] = code
+    return code
+
+
+def http_status(code: Code) -> int:
+    return HTTP_STATUS[code]

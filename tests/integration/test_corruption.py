@@ -57,8 +57,8 @@ async def test_crc_mismatch_on_read_is_data_loss_alarm_and_refused_writes() -> N
         kv = rpc_pb2_grpc.KVStub(ch)
         await kv.Put(rpc_pb2.PutRequest(key=b"good", value=b"fine"))
         await kv.Put(rpc_pb2.PutRequest(key=b"bad", value=b"will rot"))
-        assert server.node is not None and isinstance(server.node.storage, MemoryStorage)
-        _flip_record(server.node.storage, b"will rot")
+        assert isinstance(server.storage, MemoryStorage)
+        _flip_record(server.storage, b"will rot")
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await kv.Range(rpc_pb2.RangeRequest(key=b"bad"))
         assert info.value.code() == grpc.StatusCode.DATA_LOSS
@@ -73,7 +73,8 @@ async def test_crc_mismatch_on_read_is_data_loss_alarm_and_refused_writes() -> N
         # good data is still served; the corrupt read was not counted as a panic
         assert (await kv.Range(rpc_pb2.RangeRequest(key=b"good"))).kvs[0].value == b"fine"
         assert server.recovery.panic_count == 0
-        ok, reason = server._http_health(set())
+        assert server.node is not None
+        ok, reason = server.monitor.healthy(server.node.figures.alarm_names(), set())
         assert not ok and "CORRUPT" in reason
     finally:
         await ch.close()
@@ -85,14 +86,16 @@ async def test_periodic_scrub_raises_corrupt() -> None:
     try:
         kv = rpc_pb2_grpc.KVStub(ch)
         await kv.Put(rpc_pb2.PutRequest(key=b"k", value=b"value"))
-        assert server.node is not None and isinstance(server.node.storage, MemoryStorage)
-        _flip_record(server.node.storage, b"value")
+        assert server.node is not None and isinstance(server.storage, MemoryStorage)
+        _flip_record(server.storage, b"value")
         for _ in range(100):
-            if server.node.alarms.has(rpc_pb2.CORRUPT):
+            if server.node.figures.alarm_names():
                 break
             await asyncio.sleep(0.02)
-        assert server.node.alarms.has(rpc_pb2.CORRUPT)
-        assert server.limiter.corrupt
+        assert server.node.figures.alarm_names() == ["CORRUPT"]
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await kv.Put(rpc_pb2.PutRequest(key=b"new", value=b"x"))
+        assert info.value.code() == grpc.StatusCode.DATA_LOSS
     finally:
         await ch.close()
         await server.stop()

@@ -36,8 +36,7 @@ async def test_storage_io_error_flips_not_serving_then_recovers(caplog: pytest.L
     endpoint = f"127.0.0.1:{server.ports[0]}"
     try:
         assert await _status(endpoint) == health_pb2.HealthCheckResponse.SERVING
-        assert server.node is not None
-        storage = server.node.storage
+        storage = server.storage
         assert isinstance(storage, MemoryStorage)
         # A Watch subscriber sees every change, however quickly the next probe recovers
         # (a Check after the flip could already find it SERVING again).
@@ -66,7 +65,7 @@ async def test_dead_lease_loop_flips_not_serving() -> None:
     await server.start()
     endpoint = f"127.0.0.1:{server.ports[0]}"
     try:
-        lease_tasks = [s for s in server.recovery.tasks.values() if s.name.startswith("Lease.")]
+        lease_tasks = [s for s in server.recovery.tasks.values() if s.name.startswith("lease-")]
         assert lease_tasks, "the lease service runs its loops under supervision"
         for s in lease_tasks:
             s.task.cancel()

@@ -10,10 +10,12 @@ from collections.abc import Iterator
 import grpc
 
 from metastore_core.config import Config
+from metastore_core.member.figures import MemberFigures
+from metastore_core.member.guard import WriteGuard
 from metastore_core.pb.etcdserverpb import rpc_pb2 as pb
 from metastore_core.pb.etcdserverpb import rpc_pb2_grpc
 from metastore_core.server.app import Server
-from metastore_core.server.lease import LeaseService
+from metastore_core.storage import layout as L
 
 from conftest import free_port
 
@@ -26,8 +28,17 @@ def _config() -> Config:
     )
 
 
-def _lease(server: Server) -> LeaseService:
-    return next(s.servicer for s in server.services if isinstance(s.servicer, LeaseService))
+def _figures(server: Server) -> MemberFigures:
+    assert server.node is not None
+    return server.node.figures
+
+
+def _checkpoint(server: Server, lease_id: int) -> int:
+    """The remaining TTL a restart would give lease_id, as stored (0: none, the full TTL)."""
+    assert server.storage is not None
+    record = server.storage.get(L.lease_key(lease_id))
+    assert record is not None
+    return L.parse_lease_value(record)[1]
 
 
 def _keep_alive_from_thread(endpoint: str, lease_id: int, at: float, out: list[int]) -> threading.Thread:
@@ -57,7 +68,7 @@ async def test_keep_alive_queued_during_a_stall_wins_over_expiry() -> None:
     server = Server(_config())
     await server.start()
     endpoint = f"127.0.0.1:{server.ports[0]}"
-    svc = _lease(server)
+    svc = _figures(server)
     try:
         async with grpc.aio.insecure_channel(endpoint) as ch:
             kv, leases = rpc_pb2_grpc.KVStub(ch), rpc_pb2_grpc.LeaseStub(ch)
@@ -74,8 +85,8 @@ async def test_keep_alive_queued_during_a_stall_wins_over_expiry() -> None:
                 await asyncio.sleep(0.02)
             sender.join(5)
             assert got == [2], "the keep-alive sent before the deadline must renew the lease"
-            assert svc.stalls >= 1
-            assert svc.expired_total == 0
+            assert svc.lease_expiry_stalls_total >= 1
+            assert svc.lease_expired_total == 0
             resp = await kv.Range(pb.RangeRequest(key=b"held"))
             assert [x.key for x in resp.kvs] == [b"held"]
     finally:
@@ -88,26 +99,27 @@ async def test_expiry_is_not_early_and_checkpoints_are_taken() -> None:
     server = Server(cfg)
     await server.start()
     endpoint = f"127.0.0.1:{server.ports[0]}"
-    svc = _lease(server)
-    lessor = svc.lessor
+    svc = _figures(server)
+    node = server.node
+    assert node is not None
     try:
         async with grpc.aio.insecure_channel(endpoint) as ch:
             leases = rpc_pb2_grpc.LeaseStub(ch)
             ids = [(await leases.LeaseGrant(pb.LeaseGrantRequest(TTL=2 + i % 2))).ID for i in range(20)]
             long = (await leases.LeaseGrant(pb.LeaseGrantRequest(TTL=60))).ID
             await asyncio.sleep(0.8)
-            assert lessor.require(long).checkpoint in (59, 60)  # the periodic checkpoint ran
+            assert _checkpoint(server, long) in (59, 60)  # the periodic checkpoint ran
             deadline = time.monotonic() + 6
-            while any(i in lessor.leases for i in ids) and time.monotonic() < deadline:
+            while any(node.lease_exists(i) for i in ids) and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
-            assert not any(i in lessor.leases for i in ids)
-            assert svc.expired_total == 20
-            assert min(svc.lateness) >= 0.0
+            assert not any(node.lease_exists(i) for i in ids)
+            assert svc.lease_expired_total == 20
+            assert min(svc.lease_lateness()) >= 0.0
             # A keep-alive of the checkpointed lease clears its checkpoint before answering.
             call = leases.LeaseKeepAlive()
             await call.write(pb.LeaseKeepAliveRequest(ID=long))
             assert (await call.read()).TTL == 60
-            assert lessor.require(long).checkpoint == 0
+            assert _checkpoint(server, long) == 0
             await call.done_writing()
     finally:
         await server.stop()
@@ -120,16 +132,16 @@ async def test_a_keep_alive_never_answers_ttl_for_a_lease_being_revoked() -> Non
     endpoint = f"127.0.0.1:{server.ports[0]}"
     node = server.node
     assert node is not None
-    real_check = node.guard.check
+    real_check = WriteGuard.check
     entered = asyncio.Event()
 
-    async def slow_check(command: object) -> None:
+    async def slow_check(guard: WriteGuard, command: object) -> None:
         if isinstance(command, pb.LeaseRevokeRequest):
             entered.set()
             await asyncio.sleep(0.3)  # e.g. a quota check that has to flush first
-        await real_check(command)
+        await real_check(guard, command)
 
-    node.guard.check = slow_check  # type: ignore[method-assign]
+    WriteGuard.check = slow_check  # type: ignore[method-assign]
     try:
         async with grpc.aio.insecure_channel(endpoint) as ch:
             leases = rpc_pb2_grpc.LeaseStub(ch)
@@ -140,7 +152,7 @@ async def test_a_keep_alive_never_answers_ttl_for_a_lease_being_revoked() -> Non
             assert (await call.read()).TTL == 0
             await call.done_writing()
             await asyncio.sleep(0.5)
-            assert node.lessor.get(lease) is None
+            assert not node.lease_exists(lease)
     finally:
-        node.guard.check = real_check  # type: ignore[method-assign]
+        WriteGuard.check = real_check  # type: ignore[method-assign]
         await server.stop()

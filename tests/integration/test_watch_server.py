@@ -11,7 +11,6 @@ from metastore_core.config import Config
 from metastore_core.pb.etcdserverpb import rpc_pb2 as pb
 from metastore_core.pb.etcdserverpb import rpc_pb2_grpc
 from metastore_core.server.app import Server
-from metastore_core.server.watch import WatchService
 
 from conftest import free_port
 
@@ -22,10 +21,6 @@ def _config() -> Config:
         listen_client_urls=[f"http://127.0.0.1:{free_port()}"],
         listen_metrics_urls=[f"http://127.0.0.1:{free_port()}"],
     )
-
-
-def _watch(server: Server) -> WatchService:
-    return next(s.servicer for s in server.services if isinstance(s.servicer, WatchService))
 
 
 async def _open(ch: grpc.aio.Channel, n: int) -> grpc.aio.StreamStreamCall:
@@ -41,21 +36,22 @@ async def test_client_disconnect_frees_every_watcher_and_task() -> None:
     server = Server(_config())
     await server.start()
     endpoint = f"127.0.0.1:{server.ports[0]}"
-    hub = _watch(server).hub
+    assert server.node is not None
+    figures = server.node.figures
     try:
         await asyncio.sleep(0.1)
         baseline_tasks = len(asyncio.all_tasks())
         async with grpc.aio.insecure_channel(endpoint) as ch:
             calls = [await _open(ch, 10) for _ in range(10)]
-            assert hub.watcher_count == 100 and len(hub.sessions) == 10
+            assert figures.watchers == 100 and figures.watch_streams == 10
             await rpc_pb2_grpc.KVStub(ch).Put(pb.PutRequest(key=b"k1", value=b"v"))
             for c in calls:
                 assert (await c.read()).events
         # The channel is closed: the server sees the streams cancelled.
         deadline = time.monotonic() + 5
-        while (hub.watcher_count or hub.sessions) and time.monotonic() < deadline:
+        while (figures.watchers or figures.watch_streams) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        assert hub.watcher_count == 0 and not hub.sessions
+        assert figures.watchers == 0 and figures.watch_streams == 0
         while len(asyncio.all_tasks()) > baseline_tasks and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         assert len(asyncio.all_tasks()) <= baseline_tasks

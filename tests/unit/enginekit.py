@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from metastore_core.engine.alarms import Alarms
 from metastore_core.engine.apply import Applier
+from metastore_core.engine.entry import Entry
 from metastore_core.engine.lease import Lessor
 from metastore_core.mvcc.store import MVCCStore
+from metastore_core.pb.etcdserverpb import rpc_pb2 as pb
 from metastore_core.storage import Storage
 
 
@@ -20,10 +23,15 @@ class Engine:
         self.store.load()
         self.lessor = Lessor(self.store)
         self.lessor.load(self.now)
-        self.applier = Applier(self.store, self.lessor, lambda: self.now)
+        self.alarms = Alarms(self.store)
+        self.alarms.load()
+        self.applier = Applier(self.store, self.lessor, self.alarms, lambda: self.now)
 
     def write(self, command: Any) -> Any:
-        resp = self.applier.apply(command)
+        """Apply command as the next entry, choosing a lease ID first as the member does."""
+        if isinstance(command, pb.LeaseGrantRequest) and command.ID == 0:
+            command = pb.LeaseGrantRequest(ID=self.lessor.new_id(), TTL=command.TTL)
+        resp = self.applier.apply(Entry(self.store.consistent_index + 1, 1, command))
         self.commit()
         return resp
 

@@ -11,11 +11,14 @@ import pytest
 
 from metastore_core import errors
 from metastore_core.config import Config
+from metastore_core.engine.ranges import range_at
+from metastore_core.member import committer
+from metastore_core.member.node import Node
 from metastore_core.pb.etcdserverpb import rpc_pb2 as pb
-from metastore_core.server import committer
-from metastore_core.server.node import Node
 from metastore_core.storage.base import Write
 from metastore_core.storage.memory import MemoryStorage
+
+from enginekit import Engine
 
 
 class CountingStorage(MemoryStorage):
@@ -39,17 +42,14 @@ def node_on(storage: MemoryStorage) -> Node:
     return node
 
 
-def count(node: Node, key: bytes) -> int:
-    return node.range(pb.RangeRequest(key=key)).count
+async def count(node: Node, key: bytes) -> int:
+    return (await node.range(pb.RangeRequest(key=key))).count
 
 
 def on_disk(storage: MemoryStorage, *keys: bytes) -> list[int]:
-    """What a restart would find: each key's count in a node freshly loaded from storage."""
-    node = node_on(storage)
-    try:
-        return [count(node, k) for k in keys]
-    finally:
-        node.committer.close()  # not node.close(): the storage is shared
+    """What a restart would find: each key's count in an engine freshly loaded from storage."""
+    store = Engine(storage).store
+    return [range_at(store, pb.RangeRequest(key=k), store.committed_rev).count for k in keys]
 
 
 async def test_concurrent_writes_share_batches_and_each_is_durable_on_return() -> None:
@@ -77,9 +77,9 @@ async def test_a_slow_disk_keeps_later_writes_off_the_event_loop() -> None:
     # The loop runs on while the disk works: other requests are served meanwhile, and
     # readers do not see the write before it is durable.
     assert not task.done()
-    assert count(node, b"b") == 0
+    assert await count(node, b"b") == 0
     await task
-    assert count(node, b"b") == 1
+    assert await count(node, b"b") == 1
     node.close()
 
 
@@ -107,8 +107,9 @@ async def test_a_failed_batch_acknowledges_none_of_its_writes(
         *(node.write(pb.PutRequest(key=b"k%d" % i, value=b"v")) for i in range(5)), return_exceptions=True
     )
     # The batch's own writes fail UNAVAILABLE; later ones meet the CORRUPT alarm the I/O error raised.
-    assert isinstance(results[0], errors.Unavailable) and "storage failed" in str(results[0])
-    assert all(isinstance(r, (errors.Unavailable, errors.Corrupt)) for r in results), results
-    assert all(count(node, b"k%d" % i) == 0 for i in range(5))
+    assert isinstance(results[0], errors.StorageFailed) and "storage failed" in str(results[0])
+    assert all(isinstance(r, (errors.StorageFailed, errors.Corrupt)) for r in results), results
+    assert [await count(node, b"k%d" % i) for i in range(5)] == [0] * 5
+    assert node.figures.alarm_names() == ["CORRUPT"]  # raised through apply before the writers heard
     assert on_disk(storage, *(b"k%d" % i for i in range(5))) == [0] * 5
     node.close()

@@ -10,10 +10,11 @@ import pytest
 
 from metastore_core import errors
 from metastore_core.engine import autocompact as ac
+from metastore_core.engine import commands
 from metastore_core.engine.ranges import range_at
+from metastore_core.member.guard import DEFAULT_QUOTA, quota_bytes
 from metastore_core.mvcc import hashing
 from metastore_core.pb.etcdserverpb import rpc_pb2 as pb
-from metastore_core.server import quota
 from metastore_core.storage import layout as L
 from metastore_core.storage import snapshot as S
 from metastore_core.storage.leveldb import LevelDBStorage
@@ -253,73 +254,18 @@ def test_revision_policy_keeps_n_revisions() -> None:
 
 def test_quota_cost_counts_what_may_add_data() -> None:
     put = pb.PutRequest(key=b"k", value=b"x" * 100)
-    assert quota.cost(put) == 1 + 100 + quota.KV_OVERHEAD
-    assert quota.cost(pb.DeleteRangeRequest(key=b"k")) == 0
-    assert quota.cost(pb.CompactionRequest(revision=3)) == 0
-    assert quota.cost(pb.LeaseGrantRequest(TTL=5)) > 0
+    assert commands.cost(put) == 1 + 100 + commands.KV_OVERHEAD
+    assert commands.cost(pb.DeleteRangeRequest(key=b"k")) == 0
+    assert commands.cost(pb.CompactionRequest(revision=3)) == 0
+    assert commands.cost(pb.LeaseGrantRequest(TTL=5)) > 0
     read_only = pb.TxnRequest(success=[pb.RequestOp(request_range=pb.RangeRequest(key=b"k"))])
-    assert quota.cost(read_only) == 0 and not quota.mutates(read_only)
+    assert commands.cost(read_only) == 0 and not commands.mutates(read_only)
     nested = pb.TxnRequest(
         failure=[pb.RequestOp(request_txn=pb.TxnRequest(success=[pb.RequestOp(request_put=put)]))]
     )
-    assert quota.cost(nested) == quota.cost(put) and quota.mutates(nested)
-    assert quota.quota_bytes(0) == quota.DEFAULT_QUOTA
-    assert quota.quota_bytes(-1) < 0
-
-
-# ------------------------------------------------------------------ node: guard and recovery
-
-
-async def test_a_failed_batch_raises_an_alarm_refuses_writes_and_recovers_after_disarm() -> None:
-    from metastore_core.config import Config
-    from metastore_core.server.maintenance import MaintenanceService
-    from metastore_core.server.node import Node
-
-    storage = MemoryStorage()
-    node = Node(storage, Config(backend="memory"))
-    node.load()
-    m = MaintenanceService(node)
-    await node.write(pb.PutRequest(key=b"a", value=b"1"))
-    storage.fail_next_write = OSError("IO error: 000003.log: No space left on device")
-    with pytest.raises(errors.Unavailable):
-        await node.write(pb.PutRequest(key=b"b", value=b"2"))  # never acknowledged
-    assert [a.alarm for a in node.alarms.get()] == [pb.NOSPACE]
-    with pytest.raises(errors.NoSpace):
-        await node.write(pb.PutRequest(key=b"c", value=b"3"))
-    with pytest.raises(errors.Unavailable, match="disarm"):
-        await node.write(pb.DeleteRangeRequest(key=b"a"))
-    assert node.range(pb.RangeRequest(key=b"a")).count == 1  # reads go on
-    st = await m.Status(pb.StatusRequest(), None)  # type: ignore[arg-type]
-    assert any("storage failed" in e for e in st.errors)
-    for a in node.alarms.get():
-        await m.Alarm(
-            pb.AlarmRequest(action=pb.AlarmRequest.DEACTIVATE, memberID=a.memberID, alarm=a.alarm), None
-        )  # type: ignore[arg-type]
-    assert node.committer.failed is None and node.recovery.recoveries == 1
-    assert node.range(pb.RangeRequest(key=b"b")).count == 0  # the failed write is gone
-    resp = await node.write(pb.PutRequest(key=b"b", value=b"2"))
-    assert resp.header.revision == 3
-    node.close()
-
-
-async def test_quota_and_corrupt_alarm_gate_writes() -> None:
-    from metastore_core.config import Config
-    from metastore_core.server.node import Node
-
-    node = Node(MemoryStorage(), Config(backend="memory", quota_backend_bytes=5000))
-    node.load()
-    with pytest.raises(errors.NoSpace):
-        for i in range(100):
-            await node.write(pb.PutRequest(key=b"k%d" % i, value=b"x" * 100))
-    assert 10 < i < 60
-    assert node.alarms.has(pb.NOSPACE)
-    await node.write(pb.DeleteRangeRequest(key=b"k", range_end=b"l"))  # deletes pass
-    node.alarms.deactivate(node.store.ids.member_id, pb.NOSPACE)
-    node.alarms.activate(0, pb.CORRUPT)
-    with pytest.raises(errors.Corrupt):
-        await node.write(pb.DeleteRangeRequest(key=b"k0"))
-    await node.write(pb.TxnRequest(success=[pb.RequestOp(request_range=pb.RangeRequest(key=b"k"))]))
-    node.close()
+    assert commands.cost(nested) == commands.cost(put) and commands.mutates(nested)
+    assert quota_bytes(0) == DEFAULT_QUOTA
+    assert quota_bytes(-1) < 0
 
 
 def test_one_key_with_a_long_history_is_compacted_in_bounded_pieces() -> None:

@@ -6,16 +6,17 @@ import asyncio
 import time
 from typing import Any
 
-import grpc
 import pytest
 
 from metastore_cli.serve import load_config
+from metastore_core import errors
 from metastore_core.pb.mvccpb.kv_pb2 import KeyValue
+from metastore_core.server.layers.limits import Limiter, MemoryLevel, MemoryMonitor, memory_level
+from metastore_core.server.layers.metrics import RequestMetrics, grpc_type
+from metastore_core.server.layers.recovery import Recovery
 from metastore_core.server.lifecycle import PHASES, Lifecycle
-from metastore_core.server.limits import Limiter, MemoryLevel, MemoryMonitor, memory_level
-from metastore_core.server.metrics import GO_CODE_NAMES, RequestMetrics, grpc_type
-from metastore_core.server.recovery import PANIC_MESSAGE, Recovery
-from metastore_core.server.rpc import MethodInfo
+from metastore_core.server.methods import Call, MethodInfo, method_info
+from metastore_core.server.status import GO_NAMES, Code
 from metastore_core.storage import layout as L
 from metastore_core.storage.memory import MemoryStorage
 from metastore_core.storage.scrub import scrub
@@ -91,64 +92,60 @@ async def test_unknown_phase_refused() -> None:
 
 
 # ---------------------------------------------------------------------- limits
-class FakeContext:
-    def __init__(self) -> None:
-        self.aborted: tuple[grpc.StatusCode, str] | None = None
-
-    async def abort(self, code: grpc.StatusCode, details: str) -> None:
-        self.aborted = (code, details)
-        raise grpc.aio.AbortError()
-
-    def code(self) -> grpc.StatusCode | None:
-        return self.aborted[0] if self.aborted else None
-
-
 def _info(full: str = "/etcdserverpb.KV/Put", streaming: bool = False) -> MethodInfo:
     service, name = full[1:].split("/")
-    return MethodInfo(service, name, full, streaming, streaming, object)  # type: ignore[arg-type]
+    return method_info(service, name, streaming, streaming, object)
 
 
 async def test_concurrency_limit_refuses_at_once_naming_the_limit() -> None:
-    lim = Limiter(max_requests=2, request_timeout_s=5, max_memory_bytes=0)
+    lim = Limiter(max_requests=2, request_timeout_s=5)
     release = asyncio.Event()
 
-    async def handler(request: Any, context: Any) -> str:
+    async def handler(request: Any, call: Call) -> str:
         await release.wait()
         return "ok"
 
     fn = lim.layer()(_info(), handler)
-    first = [asyncio.ensure_future(fn(None, FakeContext())) for _ in range(2)]
+    first = [asyncio.ensure_future(fn(None, Call())) for _ in range(2)]
     await asyncio.sleep(0)
-    ctx = FakeContext()
     t0 = time.monotonic()
-    with pytest.raises(grpc.aio.AbortError):
-        await fn(None, ctx)
+    with pytest.raises(errors.TooManyRequests) as info:
+        await fn(None, Call())
     assert time.monotonic() - t0 < 0.01
-    assert ctx.aborted is not None and ctx.aborted[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "2 concurrent requests" in ctx.aborted[1] and "--max-concurrent-requests" in ctx.aborted[1]
+    assert "2 concurrent requests" in info.value.text and "--max-concurrent-requests" in info.value.text
     release.set()
     assert await asyncio.gather(*first) == ["ok", "ok"]
     assert lim.requests == 0 and lim.refused == 1 and lim.peak_requests == 2
 
 
-async def test_memory_gate_refuses_writes_not_reads_and_exempts_admin() -> None:
-    lim = Limiter(max_requests=10, request_timeout_s=5, max_memory_bytes=100)
-    lim.memory_full = True
+async def test_operator_methods_are_not_counted_and_draining_refuses_the_rest() -> None:
+    lim = Limiter(max_requests=1, request_timeout_s=5)
 
-    async def handler(request: Any, context: Any) -> str:
+    async def handler(request: Any, call: Call) -> str:
         return "ok"
 
-    put = lim.layer()(_info("/etcdserverpb.KV/Put"), handler)
-    rng = lim.layer()(_info("/etcdserverpb.KV/Range"), handler)
     admin = lim.layer()(_info("/metastore.admin.v1.Admin/GetStats"), handler)
-    ctx = FakeContext()
-    with pytest.raises(grpc.aio.AbortError):
-        await put(None, ctx)
-    assert ctx.aborted is not None and "--max-memory" in ctx.aborted[1]
-    assert await rng(None, FakeContext()) == "ok"
-    assert admin is handler
-    lim.memory_full = False
-    assert await put(None, FakeContext()) == "ok"
+    assert admin is handler  # the policy table exempts the operator's door
+    put = lim.layer()(_info("/etcdserverpb.KV/Put"), handler)
+    lim.draining = True
+    with pytest.raises(errors.Stopping):
+        await put(None, Call())
+
+
+async def test_a_call_past_the_request_timeout_is_cancelled_with_deadline_exceeded() -> None:
+    lim = Limiter(max_requests=10, request_timeout_s=0.05)
+
+    async def slow(request: Any, call: Call) -> str:
+        await asyncio.sleep(10)
+        return "late"
+
+    fn = lim.layer()(_info(), slow)
+    task = asyncio.ensure_future(fn(None, Call()))
+    await asyncio.sleep(0.06)
+    assert lim.sweep(time.monotonic()) == 1
+    with pytest.raises(errors.RequestTimeout):
+        await task
+    assert lim.requests == 0
 
 
 def test_memory_levels() -> None:
@@ -160,13 +157,15 @@ def test_memory_levels() -> None:
     assert memory_level(10**12, 0) is MemoryLevel.OK  # no cap
 
 
-def test_memory_monitor_refuses_then_recovers_by_itself() -> None:
-    lim = Limiter(10, 5, max_memory_bytes=1000)
+def test_memory_monitor_tells_the_member_at_the_cap_and_when_it_falls() -> None:
     usage = [1200]
-    mon = MemoryMonitor(lim, 0.1, read=lambda: usage[0])
-    assert mon.check() is MemoryLevel.FULL and lim.memory_full
+    told: list[tuple[bool, int]] = []
+    mon = MemoryMonitor(1000, 0.1, on_full=lambda full, cap: told.append((full, cap)), read=lambda: usage[0])
+    assert mon.check() is MemoryLevel.FULL and mon.full
+    assert mon.check() is MemoryLevel.FULL and told == [(True, 1000)]  # told once, not per check
     usage[0] = 400
-    assert mon.check() is MemoryLevel.OK and not lim.memory_full
+    assert mon.check() is MemoryLevel.OK and not mon.full
+    assert told == [(True, 1000), (False, 1000)]
 
 
 def test_presets_and_precedence(tmp_path: Any) -> None:
@@ -200,17 +199,24 @@ async def test_recovery_layer_maps_panics_and_counts() -> None:
     seen: list[str] = []
     rec.handlers.append(lambda where, exc: seen.append(where))
 
-    async def bad(request: Any, context: Any) -> None:
+    async def bad(request: Any, call: Call) -> None:
         raise KeyError("boom")
 
+    async def invalid(request: Any, call: Call) -> None:
+        raise errors.EmptyKey()
+
     fn = rec.layer(metrics)(_info("/etcdserverpb.KV/Range"), bad)
-    ctx = FakeContext()
-    with pytest.raises(grpc.aio.AbortError):
-        await fn(None, ctx)
-    assert ctx.aborted == (grpc.StatusCode.INTERNAL, PANIC_MESSAGE)
+    with pytest.raises(errors.Internal) as info:
+        await fn(None, Call())
+    assert info.value.text == "internal server error: panic recovered"
     assert rec.panic_count == 1 and seen == ["/etcdserverpb.KV/Range"]
     m = metrics.methods[0]
-    assert m.started == 1 and m.handled[grpc.StatusCode.INTERNAL.value[0]] == 1
+    assert m.started == 1 and m.handled[Code.INTERNAL] == 1
+    fn = rec.layer(metrics)(_info("/etcdserverpb.KV/Put"), invalid)
+    with pytest.raises(errors.EmptyKey):
+        await fn(None, Call())
+    assert rec.validation_error_count == 1 and rec.panic_count == 1
+    assert metrics.methods[1].handled[Code.INVALID_ARGUMENT] == 1
 
 
 async def test_safe_spawn_with_restart_gives_up_after_max() -> None:
@@ -232,10 +238,10 @@ async def test_safe_spawn_with_restart_gives_up_after_max() -> None:
 
 
 def test_go_style_label_values() -> None:
-    assert GO_CODE_NAMES[grpc.StatusCode.FAILED_PRECONDITION.value[0]] == "FailedPrecondition"
-    assert GO_CODE_NAMES[grpc.StatusCode.CANCELLED.value[0]] == "Canceled"
-    assert GO_CODE_NAMES[grpc.StatusCode.UNAUTHENTICATED.value[0]] == "Unauthenticated"
-    assert len(GO_CODE_NAMES) == len(grpc.StatusCode)
+    assert GO_NAMES[Code.FAILED_PRECONDITION] == "FailedPrecondition"
+    assert GO_NAMES[Code.CANCELLED] == "Canceled"
+    assert GO_NAMES[Code.UNAUTHENTICATED] == "Unauthenticated"
+    assert len(GO_NAMES) == len(Code)
     assert grpc_type(_info()) == "unary"
     assert grpc_type(_info(streaming=True)) == "bidi_stream"
 

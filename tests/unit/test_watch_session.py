@@ -5,7 +5,9 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from metastore_core.engine.alarms import Alarms
 from metastore_core.engine.apply import Applier
+from metastore_core.engine.entry import Entry
 from metastore_core.engine.lease import Lessor
 from metastore_core.engine.watch import (
     DUPLICATE_ID_REASON,
@@ -30,7 +32,7 @@ class Rig:
         self.storage = MemoryStorage()
         self.store = MVCCStore(self.storage)
         self.store.load()
-        self.applier = Applier(self.store, Lessor(self.store), lambda: 0.0)
+        self.applier = Applier(self.store, Lessor(self.store), Alarms(self.store), lambda: 0.0)
         self.hub = WatchHub(self.store, self._header, limits)
         self.wakes = 0
 
@@ -40,7 +42,7 @@ class Rig:
         h.revision = rev
 
     def write(self, cmd: object) -> object:
-        resp = self.applier.apply(cmd)
+        resp = self.applier.apply(Entry(self.store.consistent_index + 1, 1, cmd))
         d = self.store.drain()
         if d is None:  # nothing changed (a delete that matched nothing)
             return resp

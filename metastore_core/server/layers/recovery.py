@@ -1,11 +1,13 @@
 """Exception recovery ("panic recovery") for handlers and background tasks.
 
 The outermost layer on every RPC: whatever a handler raises that is not a
-deliberate gRPC status becomes INTERNAL "internal server error: panic
-recovered" for that one request, is logged with its stack, counted, and
-handed to the configured handlers; the process keeps serving. The same
-layer counts validation failures (INVALID_ARGUMENT) and feeds the request
-metrics, so one wrapper observes every call's final code.
+domain error becomes errors.Internal ("internal server error: panic
+recovered") for that one request, is logged with its stack, counted, and
+handed to the configured handlers; the process keeps serving. A record that
+fails its CRC check becomes errors.Corrupt and is reported (the member raises
+the CORRUPT alarm). The same layer counts validation failures
+(INVALID_ARGUMENT) and feeds the request metrics, so one wrapper observes
+every call's final code.
 
 Background work runs through `safe_spawn` (a failure is logged and counted)
 or `safe_spawn_with_restart` (restarted with backoff up to N times, for
@@ -22,24 +24,20 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
-
-from metastore_core.server.metrics import RequestMetrics
-from metastore_core.server.rpc import Behaviour, Layer, MethodInfo
+from metastore_core import errors
+from metastore_core.server.layers.metrics import RequestMetrics
+from metastore_core.server.methods import Behaviour, Call, Layer, MethodInfo
+from metastore_core.server.status import Code, code_of
 from metastore_core.storage.layout import CorruptRecord
 
 log = logging.getLogger("metastore.recovery")
 
-PANIC_MESSAGE = "internal server error: panic recovered"
-CORRUPT_MESSAGE = "etcdserver: corrupt cluster"
-
 PanicHandler = Callable[[str, BaseException], None]
 TaskFactory = Callable[[], Coroutine[Any, Any, None]]
 
-_OK = grpc.StatusCode.OK
-_INVALID = grpc.StatusCode.INVALID_ARGUMENT
-_CANCELLED = grpc.StatusCode.CANCELLED
-_UNKNOWN = grpc.StatusCode.UNKNOWN
+_OK = Code.OK
+_INVALID = Code.INVALID_ARGUMENT
+_CANCELLED = Code.CANCELLED
 
 
 @dataclass
@@ -66,7 +64,7 @@ class Recovery:
         self.validation_error_count = 0
         self.task_failures = 0
         self.handlers: list[PanicHandler] = []
-        self.corrupt_handlers: list[Callable[[CorruptRecord], None]] = []
+        self.on_corrupt: Callable[[CorruptRecord], None] | None = None
         self.tasks: dict[str, TaskState] = {}
         self.restart_backoff = 0.1
 
@@ -81,19 +79,31 @@ class Recovery:
             except Exception:
                 log.exception("panic handler failed")
 
-    def failed(self, where: str, exc: Exception) -> tuple[grpc.StatusCode, str]:
-        """Record an exception that escaped a handler; the status the caller gets instead."""
+    def failed(self, where: str, exc: Exception) -> errors.MetastoreError:
+        """Record an exception that escaped a handler; the error the caller gets instead."""
         if isinstance(exc, CorruptRecord):
             self.corrupt(exc)
-            return grpc.StatusCode.DATA_LOSS, CORRUPT_MESSAGE
+            return errors.Corrupt()
         self.panic(where, exc)
-        return grpc.StatusCode.INTERNAL, PANIC_MESSAGE
+        return errors.Internal()
+
+    def _outcome(self, where: str, exc: BaseException) -> tuple[Code, errors.MetastoreError | None]:
+        """A call ended with exc: its final code, and the domain error to raise instead (or None)."""
+        if isinstance(exc, errors.MetastoreError):
+            code = code_of(exc)
+            if code is _INVALID:
+                self.validation_error_count += 1
+            return code, None
+        if not isinstance(exc, Exception):  # cancelled (the client went away), generator closed
+            return _CANCELLED, None
+        instead = self.failed(where, exc)
+        return code_of(instead), instead
 
     def corrupt(self, exc: CorruptRecord) -> None:
         log.error("data corruption detected: %s", exc)
-        for handler in self.corrupt_handlers:
+        if self.on_corrupt is not None:
             try:
-                handler(exc)
+                self.on_corrupt(exc)
             except Exception:
                 log.exception("corruption handler failed")
 
@@ -160,49 +170,37 @@ class Recovery:
 
             if not info.server_streaming:
 
-                async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                async def unary(request: Any, call: Call) -> Any:
                     start = clock()
                     code = _OK
                     if m is not None:
                         m.started += 1
                     try:
-                        return await fn(request, context)
-                    except grpc.aio.AbortError:
-                        code = context.code() or _UNKNOWN
-                        if code is _INVALID:
-                            self.validation_error_count += 1
-                        raise
-                    except asyncio.CancelledError:
-                        code = _CANCELLED
-                        raise
-                    except Exception as exc:
-                        code, message = self.failed(where, exc)
-                        await context.abort(code, message)
+                        return await fn(request, call)
+                    except BaseException as exc:
+                        code, instead = self._outcome(where, exc)
+                        if instead is None:
+                            raise
+                        raise instead from None
                     finally:
                         if m is not None:
                             m.done(code, clock() - start)
 
                 return unary
 
-            async def streaming(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async def streaming(request: Any, call: Call) -> Any:
                 start = clock()
                 code = _OK
                 if m is not None:
                     m.started += 1
                 try:
-                    async for item in fn(request, context):
+                    async for item in fn(request, call):
                         yield item
-                except grpc.aio.AbortError:
-                    code = context.code() or _UNKNOWN
-                    if code is _INVALID:
-                        self.validation_error_count += 1
-                    raise
-                except (asyncio.CancelledError, GeneratorExit):
-                    code = _CANCELLED
-                    raise
-                except Exception as exc:
-                    code, message = self.failed(where, exc)
-                    await context.abort(code, message)
+                except BaseException as exc:
+                    code, instead = self._outcome(where, exc)
+                    if instead is None:
+                        raise
+                    raise instead from None
                 finally:
                     if m is not None:
                         m.done(code, clock() - start)

@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+from metastore_core.engine.keyrange import in_range
 from metastore_core.pb.mvccpb.kv_pb2 import Event
 
 
-def _in_range(key: bytes, start: bytes, end: bytes) -> bool:
-    if not end:
-        return key == start
-    return key >= start and (end == b"\0" or key < end)
-
-
 class KeyNotifier:
-    """A committer listener; `changed(key, end)` is an event set on the next change in range."""
+    """A listener of committed events; `changed(key, end)` is an event set on the next change in range."""
 
     def __init__(self) -> None:
         self._waits: list[tuple[bytes, bytes, asyncio.Event]] = []
@@ -32,7 +27,7 @@ class KeyNotifier:
             return
         keep = []
         for start, end, ev in self._waits:
-            if any(_in_range(e.kv.key, start, end) for e in events):
+            if any(in_range(e.kv.key, start, end) for e in events):
                 ev.set()
             else:
                 keep.append((start, end, ev))

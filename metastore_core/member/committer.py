@@ -74,12 +74,14 @@ class Committer:
 
     async def flush(self) -> None:
         """Return once everything staged so far is durable; raise if it cannot be."""
+        if self.failed is not None:
+            # Memory may hold writes the disk does not: nothing more is written (or shown to
+            # readers) until recovery reloads the store from disk.
+            raise errors.StorageFailed(self.failed)
         store = self.store
         if store.durable_seq >= store.staged_seq and not self._running:
-            if self.failed is not None:
-                raise _storage_failed(self.failed)
             return
-        if not self._running and not self._waiters and not self._hold and self.failed is None:
+        if not self._running and not self._waiters and not self._hold:
             now = time.monotonic()
             if now - self._last_done > IDLE_S and now >= self._inline_from:
                 d = store.drain()
@@ -119,7 +121,7 @@ class Committer:
             self._write(d)
         except Exception as exc:
             self._fail(exc)
-            raise _storage_failed(exc) from exc
+            raise errors.StorageFailed(exc) from exc
         self.inline_batches += 1
         self._durable(d)
 
@@ -184,7 +186,7 @@ class Committer:
     def _fail(self, exc: Exception) -> None:
         log.error("write batch failed, nothing of it was acknowledged: %s", exc)
         self.failed = exc
-        err = _storage_failed(exc)
+        err = errors.StorageFailed(exc)
         waiters, self._waiters = self._waiters, []
         for _, fut in waiters:
             if not fut.done():
@@ -218,6 +220,15 @@ class Committer:
         finally:
             self._hold = False
 
+    @property
+    def busy(self) -> bool:
+        """A batch is being written (or queued to be)."""
+        return self._running
+
+    def clear_failure(self) -> None:
+        """The store was reopened and reloaded (member/guard.py): writes may go on."""
+        self.failed = None
+
     async def run_io(self, fn: Callable[[], T]) -> T:
         """Run blocking storage work on the writer thread, ordered with batch writes."""
         return await self._submit(fn)
@@ -226,11 +237,6 @@ class Committer:
         """Finish queued work, then stop the writer thread."""
         self._jobs.put(None)
         self._thread.join()
-
-
-def _storage_failed(exc: Exception) -> errors.Unavailable:
-    """What every writer waiting on a failed (or earlier failed) batch is told."""
-    return errors.Unavailable(f"etcdserver: storage failed: {exc}")
 
 
 def _settle(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:

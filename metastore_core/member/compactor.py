@@ -1,9 +1,12 @@
 """Background compaction: the physical part of a Compact, in chunks, and auto-compaction.
 
-`MVCCStore.compact` only moves the compacted revision; this task walks the index a chunk at
-a time (`compact_step`), hands each chunk's deletes to the committer (so they share fsyncs
-with client writes) and yields to the event loop between chunks, so a compaction of millions
-of revisions never holds the loop for more than a few milliseconds.
+`MVCCStore.compact` (in apply) only moves the compacted revision; the
+compactor walks the index a chunk at a time (`compact_step`), hands each
+chunk's deletes to the committer (so they share fsyncs with client writes)
+and yields to the event loop between chunks, so a compaction of millions of
+revisions never holds the loop for more than a few milliseconds. Every member
+compacts its own storage after applying a Compact; only the leader proposes
+automatic compactions.
 """
 
 from __future__ import annotations
@@ -11,14 +14,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from metastore_core import errors
-from metastore_core.engine.autocompact import Policy, make_policy
+from metastore_core.engine.autocompact import Policy
+from metastore_core.member.committer import Committer
+from metastore_core.mvcc.store import MVCCStore
 from metastore_core.pb.etcdserverpb import rpc_pb2 as pb
-
-if TYPE_CHECKING:
-    from metastore_core.server.node import Node
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +32,11 @@ PAUSE = 0.01  # seconds between steps
 class Compactor:
     """Runs the physical part of compactions in the background, one chunk per loop turn."""
 
-    def __init__(self, node: Node, chunk: int = CHUNK, pause: float = PAUSE) -> None:
-        self.node = node
+    def __init__(
+        self, store: MVCCStore, committer: Committer, chunk: int = CHUNK, pause: float = PAUSE
+    ) -> None:
+        self._store = store
+        self._committer = committer
         self.chunk = chunk
         self.pause = pause
         self._task: asyncio.Task[None] | None = None
@@ -42,7 +48,7 @@ class Compactor:
 
     def kick(self) -> None:
         """Start the walk if a compaction is pending and no walk is running."""
-        if not self.node.store.compact_pending or (self._task is not None and not self._task.done()):
+        if not self._store.compact_pending or (self._task is not None and not self._task.done()):
             return
         self._idle.clear()
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -53,15 +59,15 @@ class Compactor:
         await self._idle.wait()
 
     async def _run(self) -> None:
-        store = self.node.store
+        store = self._store
         started = time.monotonic()
         target = store.compact_rev
         try:
             while store.compact_pending:
-                if self.node.committer.failed is not None:
+                if self._committer.failed is not None:
                     return  # recovery reloads the store, which finishes the compaction
                 self.dropped += store.compact_step(self.chunk)
-                await self.node.committer.flush()
+                await self._committer.flush()
                 # a pause between batches leaves the writer thread idle for client writes, which
                 # would otherwise queue behind one compaction fsync after another
                 await asyncio.sleep(self.pause)
@@ -79,11 +85,19 @@ class Compactor:
 
 
 class AutoCompactor:
-    """Issues Compact commands on the schedule of --auto-compaction-mode/-retention."""
+    """Proposes Compact commands on the schedule of --auto-compaction-mode/-retention (leader only)."""
 
-    def __init__(self, node: Node, mode: str, retention: str) -> None:
-        self.node = node
-        self.policy: Policy | None = make_policy(mode, retention, time.monotonic())
+    def __init__(
+        self,
+        store: MVCCStore,
+        policy: Policy | None,
+        write: Callable[[Any], Awaitable[Any]],
+        is_leader: Callable[[], bool],
+    ) -> None:
+        self._store = store
+        self.policy = policy
+        self._write = write
+        self._is_leader = is_leader
         self.compactions = 0
 
     async def run(self) -> None:
@@ -93,11 +107,11 @@ class AutoCompactor:
         log.info("auto-compaction: %s", policy)
         while True:
             await asyncio.sleep(policy.interval)
-            target = policy.tick(time.monotonic(), self.node.store.committed_rev)
-            if target is None or target <= self.node.store.compact_rev:
+            target = policy.tick(time.monotonic(), self._store.committed_rev)
+            if not self._is_leader() or target is None or target <= self._store.compact_rev:
                 continue
             try:
-                await self.node.write(pb.CompactionRequest(revision=target))
+                await self._write(pb.CompactionRequest(revision=target))
                 self.compactions += 1
                 log.info("auto-compaction: compacted to revision %d", target)
             except errors.MetastoreError as exc:

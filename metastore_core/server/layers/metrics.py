@@ -15,36 +15,15 @@ import bisect
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-import grpc
 from prometheus_client import CollectorRegistry, ProcessCollector, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from metastore_core.server.rpc import MethodInfo
+from metastore_core.server.methods import MethodInfo
+from metastore_core.server.status import GO_NAMES, Code
 
 disable_created_metrics()
 
-# Go's codes.Code String() names, by gRPC status number.
-GO_CODE_NAMES = (
-    "OK",
-    "Canceled",
-    "Unknown",
-    "InvalidArgument",
-    "DeadlineExceeded",
-    "NotFound",
-    "AlreadyExists",
-    "PermissionDenied",
-    "ResourceExhausted",
-    "FailedPrecondition",
-    "Aborted",
-    "OutOfRange",
-    "Unimplemented",
-    "Internal",
-    "Unavailable",
-    "DataLoss",
-    "Unauthenticated",
-)
-_CODE_INDEX = {c: c.value[0] for c in grpc.StatusCode}  # Enum.value is a slow property
 # prometheus DefBuckets, as go-grpc-prometheus uses for handling time.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -64,13 +43,13 @@ class MethodMetrics:
         self.info = info
         self.type = grpc_type(info)
         self.started = 0
-        self.handled = [0] * len(GO_CODE_NAMES)
+        self.handled = [0] * len(GO_NAMES)
         self.bucket_counts = [0] * (len(BUCKETS) + 1)
         self.sum = 0.0
         self.count = 0
 
-    def done(self, code: grpc.StatusCode, seconds: float) -> None:
-        self.handled[_CODE_INDEX[code]] += 1
+    def done(self, code: Code, seconds: float) -> None:
+        self.handled[code] += 1
         self.bucket_counts[bisect.bisect_left(BUCKETS, seconds)] += 1
         self.sum += seconds
         self.count += 1
@@ -93,7 +72,6 @@ class RequestMetrics(Collector):
     def __init__(self) -> None:
         self.methods: list[MethodMetrics] = []
         self.gauges: list[Gauge] = []
-        self.started: dict[str, int] = {}
 
     def method(self, info: MethodInfo) -> MethodMetrics:
         m = MethodMetrics(info)
@@ -125,7 +103,7 @@ class RequestMetrics(Collector):
         for m in self.methods:
             base = [m.type, m.info.service, m.info.name]
             started.add_metric(base, float(m.started))
-            for i, name in enumerate(GO_CODE_NAMES):
+            for i, name in enumerate(GO_NAMES):
                 handled.add_metric([*base, name], float(m.handled[i]))
             cumulative = []
             acc = 0

@@ -9,13 +9,16 @@ concurrency package does, but inside the daemon.
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
-from metastore_core.engine.ranges import range_at
+from metastore_core.engine.entry import AuthInfo
+from metastore_core.member.notify import KeyNotifier
 from metastore_core.pb.etcdserverpb import rpc_pb2 as pb
 from metastore_core.pb.mvccpb.kv_pb2 import KeyValue
-from metastore_core.server.node import Node
-from metastore_core.server.notify import KeyNotifier
 from metastore_core.storage.layout import prefix_end
+
+if TYPE_CHECKING:
+    from metastore_core.member.node import Node
 
 
 def op(r: pb.PutRequest | pb.RangeRequest | pb.DeleteRangeRequest) -> pb.RequestOp:
@@ -41,26 +44,28 @@ def first_created(prefix: bytes) -> pb.RangeRequest:
 
 
 class Contenders:
-    """Creates contender keys and waits for their turn."""
+    """Creates contender keys and waits for their turn, through the node's public calls only."""
 
     def __init__(self, node: Node) -> None:
         self.node = node
         self.notifier = KeyNotifier()
-        node.committer.listeners.append(self.notifier.on_events)
+        node.subscribe(self.notifier.on_events)
 
-    def oldest(self, prefix: bytes) -> KeyValue | None:
-        store = self.node.store
-        resp = range_at(store, first_created(prefix), store.committed_rev)
+    async def oldest(self, prefix: bytes) -> KeyValue | None:
+        resp = await self.node.range(first_created(prefix))
         return resp.kvs[0] if resp.kvs else None
 
-    async def join(self, prefix: bytes, key: bytes, value: bytes, lease: int) -> tuple[int, KeyValue | None]:
+    async def join(
+        self, prefix: bytes, key: bytes, value: bytes, lease: int, auth: AuthInfo | None = None
+    ) -> tuple[int, KeyValue | None]:
         """Create key if absent; returns (its create revision, the existing kv if it was there)."""
         resp = await self.node.write(
             pb.TxnRequest(
                 compare=[created_at(key, 0)],
                 success=[op(pb.PutRequest(key=key, value=value, lease=lease))],
                 failure=[op(pb.RangeRequest(key=key))],
-            )
+            ),
+            auth,
         )
         if resp.succeeded:
             return resp.header.revision, None
@@ -69,7 +74,6 @@ class Contenders:
 
     async def wait_turn(self, prefix: bytes, my_rev: int) -> None:
         """Return when no key under prefix was created before my_rev."""
-        store = self.node.store
         end = prefix_end(prefix)
         while True:
             ev = self.notifier.changed(prefix, end)
@@ -81,7 +85,7 @@ class Contenders:
                 limit=1,
                 max_create_revision=my_rev - 1,
             )
-            if not range_at(store, older, store.committed_rev).kvs:
+            if not (await self.node.range(older)).kvs:
                 self.notifier.forget(ev)
                 return
             try:

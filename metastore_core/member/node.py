@@ -1,0 +1,370 @@
+"""The member's facade: the one door to the store, the lessor, the alarms and the write path.
+
+Servicers (server/services/) call only these methods. Requests and replies are
+etcd's own messages; refusals are domain errors (errors.py). Every write goes
+write() -> WriteGuard.check -> Consensus.propose -> Applier.apply -> Committer,
+and every read goes range() -> Consensus.read_index -> the store at its
+committed revision, so a read never sees a write before it is durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from metastore_core import errors
+from metastore_core.config import Config
+from metastore_core.engine.alarms import Alarms
+from metastore_core.engine.apply import Applier
+from metastore_core.engine.autocompact import make_policy
+from metastore_core.engine.entry import AuthInfo, Command, Entry
+from metastore_core.engine.lease import Lessor
+from metastore_core.engine.ranges import range_at
+from metastore_core.engine.watch import WatchHub, WatchLimits, WatchSession
+from metastore_core.member.committer import Committer, Listener
+from metastore_core.member.compactor import AutoCompactor, Compactor
+from metastore_core.member.consensus import Consensus, MemberInfo
+from metastore_core.member.figures import MemberFigures
+from metastore_core.member.guard import Spawn, WriteGuard
+from metastore_core.member.integrity import Integrity
+from metastore_core.member.leases import Leases
+from metastore_core.member.maintenance import Maintenance, in_use
+from metastore_core.member.single import SingleNode
+from metastore_core.mvcc.store import MVCCStore
+from metastore_core.pb.etcdserverpb import rpc_pb2 as pb
+from metastore_core.storage import Storage
+from metastore_core.storage import layout as L
+
+log = logging.getLogger(__name__)
+
+ETCD_API_VERSION = "3.5.0"  # the etcd API level we speak; clients switch features on it
+PEER_URL = "http://localhost:2380"  # no peers yet: what MemberList shows until cluster mode
+_ALARM = pb.AlarmRequest
+
+
+@dataclass(frozen=True)
+class Loop:
+    """A background loop the member needs while it runs; the server supervises it."""
+
+    name: str
+    run: Callable[[], Coroutine[Any, Any, None]]
+
+
+def _spawn(name: str, fn: Callable[[], Awaitable[None]]) -> asyncio.Future[None]:
+    async def run() -> None:
+        await fn()
+
+    return asyncio.get_running_loop().create_task(run(), name=f"metastore:{name}")
+
+
+class Node:
+    """One member: reads, writes, leases, watches, alarms and maintenance, behind one facade."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        config: Config,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        spawn: Spawn = _spawn,
+    ) -> None:
+        self._config = config
+        self._clock = clock
+        self._store = store = MVCCStore(storage, crc=config.enable_crc)
+        store.incremental_compaction = True
+        self._lessor = lessor = Lessor(store)
+        self._alarms = alarms = Alarms(store)
+        self._applier = Applier(store, lessor, alarms, clock)
+        self._committer = committer = Committer(store, sync=config.fsync)
+        self._consensus: Consensus = SingleNode(
+            store, self._applier, committer, self._member_info, self.load, self._on_applied
+        )
+        self._hub = WatchHub(
+            store,
+            self.header,
+            WatchLimits(
+                buffer_events=config.watch_buffer_events,
+                max_lag_revisions=config.watch_max_lag_revisions,
+                fragment_bytes=config.max_request_bytes,
+            ),
+        )
+        committer.listeners.append(self._hub.on_events)
+        self._guard = guard = WriteGuard(
+            store=store,
+            alarms=alarms,
+            committer=committer,
+            propose=self._consensus.propose,
+            reload=self.load,
+            spawn=spawn,
+            quota=config.quota_backend_bytes,
+        )
+        is_leader = self._consensus.is_leader
+        self._compactor = Compactor(store, committer)
+        policy = make_policy(config.auto_compaction_mode, config.auto_compaction_retention, clock())
+        self._auto = AutoCompactor(store, policy, self.write, is_leader)
+        self._leases = Leases(lessor, clock, self.write, is_leader, config.lease_checkpoint_interval_s)
+        self._maintenance = Maintenance(store)
+        self._integrity = Integrity(store, guard.report_corruption, config.corrupt_check_interval_s)
+        self.figures = MemberFigures(
+            store, lessor, alarms, self._hub, committer, guard, self._leases, self._compactor, self._auto,
+            self._maintenance, self._integrity,
+        )  # fmt: skip
+        self.started = time.time()
+
+    # ---------------------------------------------------------------- lifecycle
+    def load(self) -> None:
+        """Rebuild every in-memory structure from storage (start-up, rollback, recovery)."""
+        self._store.load()
+        self._lessor.load(self._clock())
+        self._alarms.load()
+
+    async def check_integrity_on_start(self) -> None:
+        """--corrupt-check-on-start: scrub every record; raises StorageError on corruption."""
+        await self._integrity.check_on_start()
+
+    def loops(self) -> list[Loop]:
+        """The loops to run while serving; leader-only ones ask the consensus seam each tick."""
+        loops = [
+            Loop("lease-expiry", self._leases.run_expiry),
+            Loop("lease-checkpoints", self._leases.run_checkpoints),
+            Loop("watch-progress", self._watch_progress),
+        ]
+        if self._auto.policy is not None:
+            loops.append(Loop("auto-compaction", self._auto.run))
+        if self._config.corrupt_check_interval_s > 0:
+            loops.append(Loop("corrupt-check", self._integrity.run))
+        return loops
+
+    async def persist(self) -> None:
+        """Shutdown's persist phase: exact lease TTLs, then everything staged made durable."""
+        try:
+            log.info("checkpointed %d leases", await self._leases.checkpoint_all())
+        except errors.MetastoreError as exc:
+            log.warning("lease checkpoint at shutdown failed: %s", exc)
+        await self._committer.flush()
+        if not self._config.fsync:  # batches were written without fsync: sync once now
+            storage, index = self._store.storage, self._store.consistent_index
+            await self._committer.run_io(
+                lambda: storage.write([(L.META_CONSISTENT_INDEX, L.u64(index))], sync=True)
+            )
+
+    def close(self) -> None:
+        self._compactor.close()
+        self._committer.close()
+        self._store.storage.close()
+
+    # ---------------------------------------------------------------- identity
+    def _member_info(self) -> MemberInfo:
+        cfg = self._config
+        return MemberInfo(self._store.ids.member_id, cfg.name, [PEER_URL], cfg.client_urls)
+
+    def header(self, into: pb.ResponseHeader, revision: int | None = None) -> None:
+        """Fill a response header: ids, term, and the revision (current unless given or set)."""
+        ids = self._store.ids
+        into.cluster_id = ids.cluster_id
+        into.member_id = ids.member_id
+        into.raft_term = ids.raft_term
+        if revision is not None:
+            into.revision = revision
+        elif not into.revision:
+            into.revision = self._store.committed_rev
+
+    def is_leader(self) -> bool:
+        return self._consensus.is_leader()
+
+    def has_leader(self) -> bool:
+        return self._consensus.leader_id != 0
+
+    def members(self) -> list[pb.Member]:
+        return [
+            pb.Member(ID=m.id, name=m.name, peerURLs=m.peer_urls, clientURLs=m.client_urls)
+            for m in self._consensus.members()
+        ]
+
+    # ---------------------------------------------------------------- reads and writes
+    async def range(self, r: pb.RangeRequest, auth: AuthInfo | None = None) -> pb.RangeResponse:
+        """A Range at r.revision (0: current), after the read barrier unless serializable."""
+        if not r.serializable:
+            await self._consensus.read_index()
+        store = self._store
+        resp = range_at(store, r, store.check_rev(r.revision))
+        self.header(resp.header, store.committed_rev)
+        return resp
+
+    async def write(self, command: Command, auth: AuthInfo | None = None) -> Any:
+        """Check, propose and apply one write command; answers once it is durable."""
+        guard = self._guard
+        await guard.check(command)
+        try:
+            resp = await self._consensus.propose(command, auth)
+        except errors.StorageFailed:
+            await guard.settled()  # the alarm the failure raises is applied before the caller hears
+            raise
+        if type(command) is pb.CompactionRequest and command.physical:
+            await self._compactor.wait()
+        self.header(resp.header)
+        return resp
+
+    def _on_applied(self, entry: Entry) -> None:
+        if type(entry.command) is pb.CompactionRequest:
+            self._compactor.kick()  # every member compacts its own storage, in the background
+
+    def subscribe(self, listener: Listener) -> None:
+        """Call listener(revision, events) after each batch of writes becomes durable."""
+        self._committer.listeners.append(listener)
+
+    # ---------------------------------------------------------------- leases
+    async def lease_grant(
+        self, r: pb.LeaseGrantRequest, auth: AuthInfo | None = None
+    ) -> pb.LeaseGrantResponse:
+        resp: pb.LeaseGrantResponse = await self.write(self._leases.prepare_grant(r), auth)
+        self._leases.granted_total += 1
+        return resp
+
+    async def lease_revoke(
+        self, r: pb.LeaseRevokeRequest, auth: AuthInfo | None = None
+    ) -> pb.LeaseRevokeResponse:
+        resp: pb.LeaseRevokeResponse = await self.write(r, auth)
+        self._leases.revoked_total += 1
+        return resp
+
+    async def lease_keep_alive(self, lease_id: int) -> pb.LeaseKeepAliveResponse:
+        resp = pb.LeaseKeepAliveResponse(ID=lease_id, TTL=await self._leases.keep_alive(lease_id))
+        self.header(resp.header)
+        return resp
+
+    def lease_time_to_live(self, r: pb.LeaseTimeToLiveRequest) -> pb.LeaseTimeToLiveResponse:
+        resp = self._leases.time_to_live(r)
+        self.header(resp.header)
+        return resp
+
+    def lease_leases(self) -> pb.LeaseLeasesResponse:
+        resp = self._leases.leases()
+        self.header(resp.header)
+        return resp
+
+    def lease_exists(self, lease_id: int) -> bool:
+        return lease_id > 0 and self._lessor.get(lease_id) is not None
+
+    # ---------------------------------------------------------------- watch
+    def watch_open(self) -> WatchSession:
+        """A new Watch session (one stream); close it with watch_close."""
+        return self._hub.open()
+
+    def watch_close(self, session: WatchSession) -> None:
+        self._hub.close(session)
+
+    async def _watch_progress(self) -> None:
+        """Periodic progress notifications (etcd: every 10 minutes by default)."""
+        while True:
+            await asyncio.sleep(max(self._config.watch_progress_notify_interval_s, 0.05))
+            self._hub.progress_tick()
+
+    # ---------------------------------------------------------------- alarms and failures
+    async def alarm(self, r: pb.AlarmRequest) -> pb.AlarmResponse:
+        """GET lists alarms; ACTIVATE and DEACTIVATE are commands through apply (no header, as etcd)."""
+        if not 0 <= r.alarm <= pb.CORRUPT:
+            raise errors.InvalidRequest(f"etcdserver: invalid alarm type {r.alarm}")
+        if r.action == _ALARM.GET:
+            return pb.AlarmResponse(alarms=self._alarms.get(r.alarm))
+        if r.action not in (_ALARM.ACTIVATE, _ALARM.DEACTIVATE):
+            raise errors.InvalidRequest(f"etcdserver: invalid alarm action {r.action}")
+        if r.action == _ALARM.ACTIVATE and r.alarm == pb.NONE:
+            raise errors.InvalidRequest("etcdserver: cannot activate alarm NONE")
+        guard = self._guard
+        failed = guard.failure is not None
+        try:
+            await self._consensus.propose(r)
+        except errors.StorageFailed:
+            if not failed:
+                raise
+            # applied in memory; the failed store keeps it from disk until recovery
+        gone = not self._alarms.has(pb.NOSPACE) and not self._alarms.has(pb.CORRUPT)
+        if r.action == _ALARM.DEACTIVATE and failed and gone:
+            await guard.recover()  # the last alarm is gone: the operator says there is space again
+        return pb.AlarmResponse(alarms=self._alarms.get(pb.NONE))
+
+    def report_corruption(self, exc: Exception) -> None:
+        """A read found a record failing its check: raise CORRUPT and refuse writes."""
+        self._guard.report_corruption(exc)
+
+    def on_storage_failure(self, hook: Callable[[Exception], None]) -> None:
+        """Call hook(error) when a batch write fails (health re-evaluates at once)."""
+        self._guard.on_failure.append(hook)
+
+    def set_memory_full(self, full: bool, limit: int) -> None:
+        self._guard.set_memory_full(full, limit)
+
+    def storage_failure(self) -> str | None:
+        """Why writes are failing, or None."""
+        failed = self._guard.failure
+        return None if failed is None else str(failed)
+
+    async def probe_storage(self, timeout_s: float = 5.0) -> str | None:
+        """A real write and read of a probe key, ordered with batch writes; None when healthy."""
+        failed = self._guard.failure
+        if failed is not None:
+            return f"write failed: {failed}"
+        storage = self._store.storage
+
+        def probe() -> None:
+            token = os.urandom(8)
+            storage.write([(L.META_HEALTH_PROBE, token)], sync=False)
+            if storage.get(L.META_HEALTH_PROBE) != token:
+                raise OSError("health probe read back different bytes than it wrote")
+
+        try:
+            await asyncio.wait_for(self._committer.run_io(probe), timeout_s)
+        except TimeoutError:
+            return f"probe took longer than {timeout_s}s"
+        except Exception as exc:
+            return f"probe failed: {exc}"
+        return None
+
+    # ---------------------------------------------------------------- maintenance
+    def status(self) -> pb.StatusResponse:
+        store, consensus = self._store, self._consensus
+        index = store.consistent_index
+        resp = pb.StatusResponse(
+            version=ETCD_API_VERSION,
+            dbSize=store.storage.size(),
+            dbSizeInUse=in_use(store),
+            leader=consensus.leader_id,
+            raftIndex=index,
+            raftTerm=consensus.term,
+            raftAppliedIndex=index,
+            errors=[*self._alarms.describe(), *self._guard.describe()],
+        )
+        self.header(resp.header)
+        return resp
+
+    async def defragment(self) -> pb.DefragmentResponse:
+        await self._maintenance.defragment()
+        return pb.DefragmentResponse()  # etcd sends no header here
+
+    async def hash(self) -> pb.HashResponse:
+        h, rev = await self._maintenance.hash()
+        resp = pb.HashResponse(hash=h)
+        self.header(resp.header, rev)
+        return resp
+
+    async def hash_kv(self, r: pb.HashKVRequest) -> pb.HashKVResponse:
+        h, compact = await self._maintenance.hash_kv(r.revision)
+        resp = pb.HashKVResponse(hash=h, compact_revision=compact)
+        self.header(resp.header)
+        return resp
+
+    def snapshot(self) -> AsyncIterator[pb.SnapshotResponse]:
+        """etcd's Snapshot stream of the whole store (no header, as etcd)."""
+        return self._maintenance.snapshot()
+
+    async def move_leader(self, r: pb.MoveLeaderRequest) -> pb.MoveLeaderResponse:
+        await self._consensus.transfer_leadership(r.targetID)
+        resp = pb.MoveLeaderResponse()
+        self.header(resp.header)
+        return resp

@@ -1,0 +1,18 @@
+"""The layers every RPC passes, outermost first: recovery -> limits -> auth -> handler.
+
+Each is a transport-neutral core, a `Layer` (methods.py) wrapping a servicer
+method that takes (request, Call); rpc.py binds the wrapped method to gRPC.
+"""
+
+from __future__ import annotations
+
+from metastore_core.server.layers.auth import auth_layer
+from metastore_core.server.layers.limits import Limiter
+from metastore_core.server.layers.metrics import RequestMetrics
+from metastore_core.server.layers.recovery import Recovery
+from metastore_core.server.methods import Layer
+
+
+def reliability_layers(recovery: Recovery, limiter: Limiter, metrics: RequestMetrics | None) -> list[Layer]:
+    """recovery -> limits -> auth -> handler (the list is innermost first)."""
+    return [auth_layer, limiter.layer(), recovery.layer(metrics)]

@@ -1,0 +1,70 @@
+"""The listeners: which addresses the daemon serves on, and the gRPC transport options.
+
+Client URLs carry gRPC; metrics URLs carry HTTP (/metrics, /health). Only
+http:// is served: TLS (https://) comes with the auth/TLS work, so an
+https:// URL is refused at start rather than served as plaintext.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlparse
+
+import grpc
+
+from metastore_core.config import Config
+
+
+def parse_url(url: str, flag: str) -> tuple[str, int]:
+    """(host, port) of 'http://HOST:PORT' or 'HOST:PORT'; ValueError naming the flag otherwise."""
+    parsed = urlparse(url if "://" in url else "http://" + url)
+    if parsed.scheme == "https":
+        raise ValueError(
+            f"{flag} {url}: TLS is not supported yet (it comes with the auth/TLS work); use http://"
+        )
+    try:
+        port = parsed.port
+    except ValueError:
+        port = None
+    if parsed.scheme != "http" or not parsed.hostname or port is None:
+        raise ValueError(f"{flag} {url}: want http://HOST:PORT")
+    return parsed.hostname, port
+
+
+def grpc_address(url: str) -> str:
+    """'http://127.0.0.1:2379' -> '127.0.0.1:2379' (IPv6 hosts bracketed)."""
+    host, port = parse_url(url, "--listen-client-urls")
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def grpc_options(config: Config) -> list[tuple[str, int]]:
+    """Server options real etcd clients need (docs/architecture.md, 'Transport')."""
+    return [
+        ("grpc.max_receive_message_length", config.max_recv_bytes),
+        ("grpc.max_send_message_length", 2**31 - 1),
+        # grpc-go clients ping every ~10 s on open streams; etcd allows pings every 5 s.
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 5000),
+        ("grpc.http2.max_ping_strikes", 0),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.max_allowed_incoming_connections", config.max_connections),
+        ("grpc.server_handshake_timeout_ms", int(config.connection_timeout_s * 1000)),
+        # The default backlog cancels ~30 % of a burst of thousands of new streams.
+        ("grpc.server.max_pending_requests", 20000),
+        ("grpc.server.max_pending_requests_hard_limit", 30000),
+        # Without this a second daemon on the same port would silently share it.
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+def bind_client_urls(server: grpc.aio.Server, urls: list[str]) -> list[int]:
+    """Listen on every client URL; returns the bound ports (OSError naming a taken address)."""
+    ports = []
+    for url in urls:
+        addr = grpc_address(url)
+        try:
+            port = server.add_insecure_port(addr)
+        except RuntimeError as exc:
+            raise OSError(f"cannot listen on {addr}: {exc}") from None
+        if not port:
+            raise OSError(f"cannot listen on {addr}: address in use?")
+        ports.append(port)
+    return ports

@@ -1,0 +1,93 @@
+"""What every served method is, declared once: its shape, its policy, and the call it gets.
+
+Layers and servicers see a `Call`, not a transport context, so the same
+servicer answers gRPC (rpc.py) and, later, etcd's JSON gateway. A method's
+policy (wrapped by the layers or not, counted by the limits, needs
+credentials, needs the root role) is declared in POLICIES, by service or by
+method, and nowhere else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf.message import Message
+
+from metastore_core.engine.entry import AuthInfo
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How the layers treat a method."""
+
+    layers: bool = True  # recovery, limits, auth and metrics wrap it
+    limits: bool = True  # counted against, and refused by, the resource limits
+    auth: bool = True  # needs credentials once auth is on
+    admin: bool = False  # needs the root role once auth is on
+
+
+DEFAULT = Policy()
+POLICIES: dict[str, Policy] = {
+    # Probes must answer a saturated or locked-down daemon; Kubernetes probes send no credentials.
+    "grpc.health.v1.Health": Policy(layers=False, limits=False, auth=False),
+    # The operator's door: answers when the daemon is saturated, root only once auth is on.
+    "metastore.admin.v1.Admin": Policy(limits=False, admin=True),
+    # etcd's authMaintenanceServer: these read or reshape the whole store.
+    "/etcdserverpb.Maintenance/Defragment": Policy(admin=True),
+    "/etcdserverpb.Maintenance/Snapshot": Policy(admin=True),
+    "/etcdserverpb.Maintenance/Hash": Policy(admin=True),
+    "/etcdserverpb.Maintenance/HashKV": Policy(admin=True),
+    "/etcdserverpb.Maintenance/MoveLeader": Policy(admin=True),
+}
+
+
+def policy_for(service: str, method: str) -> Policy:
+    """The declared policy of /service/method: the method's own, else its service's, else DEFAULT."""
+    return POLICIES.get(f"/{service}/{method}") or POLICIES.get(service) or DEFAULT
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """What a layer may want to know about the method it wraps."""
+
+    service: str  # e.g. "etcdserverpb.KV"
+    name: str  # e.g. "Range"
+    client_streaming: bool
+    server_streaming: bool
+    request_type: type[Message]
+    policy: Policy = DEFAULT
+
+    @property
+    def full(self) -> str:
+        """e.g. "/etcdserverpb.KV/Range"."""
+        return f"/{self.service}/{self.name}"
+
+
+def method_info(
+    service: str, name: str, client_streaming: bool, server_streaming: bool, req: Any
+) -> MethodInfo:
+    return MethodInfo(service, name, client_streaming, server_streaming, req, policy_for(service, name))
+
+
+class Call:
+    """One call as layers and servicers see it, whatever carried it (gRPC, HTTP, a test)."""
+
+    __slots__ = ("auth",)
+
+    def __init__(self) -> None:
+        self.auth: AuthInfo | None = None  # set by the auth layer once auth exists
+
+    def peer(self) -> str:
+        """Who is calling ("ipv4:127.0.0.1:53412"), as far as the transport knows."""
+        return ""
+
+    def metadata(self, key: str) -> str | None:
+        """A request header / metadata value (e.g. "token"), or None."""
+        return None
+
+
+# (request or request iterator, call) -> response, or an async iterator of responses
+Behaviour = Callable[[Any, Call], Any]
+Layer = Callable[[MethodInfo, Behaviour], Behaviour]
