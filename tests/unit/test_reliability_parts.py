@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from metastore_cli.serve import load_config
 from metastore_core import errors
 from metastore_core.pb.mvccpb.kv_pb2 import KeyValue
 from metastore_core.server.layers.limits import Limiter, MemoryLevel, MemoryMonitor, memory_level
@@ -166,30 +165,6 @@ def test_memory_monitor_tells_the_member_at_the_cap_and_when_it_falls() -> None:
     usage[0] = 400
     assert mon.check() is MemoryLevel.OK and not mon.full
     assert told == [(True, 1000), (False, 1000)]
-
-
-def test_presets_and_precedence(tmp_path: Any) -> None:
-    cfg = load_config(None, {"preset": "high-load"})
-    assert (cfg.max_connections, cfg.max_concurrent_requests, cfg.max_memory_bytes) == (
-        50_000,
-        20_000,
-        8 << 30,
-    )
-    assert (cfg.max_recv_bytes, cfg.request_timeout_s, cfg.connection_timeout_s) == (8 << 20, 60, 30)
-    assert cfg.shutdown_timeout_s == 60
-    safe = load_config(None, {"preset": "safe", "request_timeout_s": 3.0})
-    assert safe.enable_crc and safe.max_connections == 5000 and safe.request_timeout_s == 3.0
-    dflt = load_config(None, {})
-    assert (dflt.max_connections, dflt.max_concurrent_requests, dflt.max_memory_bytes) == (
-        10_000,
-        5_000,
-        2 << 30,
-    )
-    assert (dflt.max_recv_bytes, dflt.request_timeout_s, dflt.connection_timeout_s) == (4 << 20, 30, 10)
-    yml = tmp_path / "c.yaml"
-    yml.write_text("preset: safe\nmax-connections: 7\n")
-    cfg = load_config(yml, {"max_connections": 9})
-    assert cfg.max_connections == 9 and cfg.max_concurrent_requests == 2000
 
 
 # ---------------------------------------------------------------------- recovery and metrics
