@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from metastore_cli.health import ProbeCommand, health
-from metastore_cli.serve import serve
+from metastore_cli.serve import ServeCommand, serve
 from metastore_cli.snapshot import app as snapshot_app
 from metastore_cli.stats import stats
 from metastore_cli.stop import stop
@@ -35,7 +35,7 @@ def main(
     """metastore: an etcd v3 compatible metadata store on LevelDB."""
 
 
-app.command()(serve)
+app.command(cls=ServeCommand)(serve)
 app.add_typer(snapshot_app, name="snapshot")
 app.command()(stop)
 app.command(cls=ProbeCommand)(health)

@@ -39,5 +39,5 @@ def test_serves_and_stops_cleanly(tmp_path: Path, loop: str) -> None:
 
 def test_unknown_event_loop_is_refused(tmp_path: Path) -> None:
     p = start_metastore(tmp_path / "d", "--event-loop", "tokio", ready=False)
-    assert p.proc.wait(30) == 1
-    assert "--event-loop 'tokio': want asyncio or uvloop" in p.output()
+    assert p.proc.wait(30) == 2
+    assert "Error: --event-loop tokio: must be uvloop or asyncio" in p.output()
