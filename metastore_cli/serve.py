@@ -25,6 +25,7 @@ from metastore_core.storage.base import StorageError
 from metastore_core.storage.datadir import DataDirInUse
 
 EXIT_USAGE = 2  # click's code for a bad command line; a bad option value is one too
+OTHER = "Other"  # the help group of the options that are not settings
 CONFIG_FILE_HELP = "YAML file of options, keyed by option name (data-dir: /var/lib/metastore)."
 SOURCES_HELP = (
     "Every option is also an environment variable, METASTORE_ plus the option in upper case with "
@@ -34,7 +35,7 @@ SOURCES_HELP = (
 _BY_PARAM = {s.flag.replace("-", "_"): s for s in SETTINGS}
 
 
-def _names(s: Setting) -> str:
+def option_names(s: Setting) -> str:
     """'--enable-crc/--no-enable-crc' for a plain switch; the flag alone otherwise."""
     if s.kind is bool and not s.inverted and not s.hidden:
         return f"{s.option}/--no-{s.flag}"
@@ -46,7 +47,7 @@ def _parameter(name: str, s: Setting) -> inspect.Parameter:
     # so flags, env and YAML are read and refused alike. Env vars too are read there, not by click.
     option = typer.Option(
         None,
-        _names(s),
+        option_names(s),
         help=f"{s.help} [{s.facts()}]",
         metavar=s.placeholder or None,
         hidden=s.hidden,
@@ -65,7 +66,7 @@ class ServeCommand(TyperCommand):
             record = param.get_help_record(ctx)
             if record is not None:
                 s = _BY_PARAM.get(param.name or "")
-                sections.setdefault(s.group if s else "Other", []).append(record)
+                sections.setdefault(s.group if s else OTHER, []).append(record)
         for group, rows in sections.items():
             if rows:
                 with formatter.section(group):

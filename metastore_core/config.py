@@ -259,7 +259,8 @@ class Config:
             RELIABILITY,
             "Base values for the options that list preset values; options given explicitly win.",
             check=one_of(*PRESET_NAMES),
-            more="An option given as a flag, in the environment or in the file beats the preset.",
+            more="The default preset is the defaults; the options it changes list their high-load "
+            "and safe values.",
         ),
     )
     max_concurrent_requests: int = declare(
