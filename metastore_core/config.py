@@ -493,7 +493,8 @@ def _from_yaml(path: Path) -> Given:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}:{where} not valid YAML: {getattr(exc, 'problem', None) or exc}") from None
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())  # one line
+        raise ConfigError(f"{path}:{where} not valid YAML: {problem}") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):

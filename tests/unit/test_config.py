@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ast
+import subprocess
+import sys
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -222,3 +225,9 @@ def test_urls_accepted() -> None:
     assert [host_port(u) for u in cfg.listen_client_urls] == ["127.0.0.1:1", "[::1]:2", "localhost:3"]
     with pytest.raises(ValueError, match="TLS is not supported yet"):
         host_port("https://127.0.0.1:1")
+
+
+def test_config_imports_no_io_or_cli_framework() -> None:
+    code = "import sys, metastore_core.config; print(sorted({m.split('.')[0] for m in sys.modules}))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert not {"grpc", "asyncio", "typer", "click", "rich"} & set(ast.literal_eval(loaded))
