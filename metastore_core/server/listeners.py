@@ -7,27 +7,18 @@ https:// URL is refused at start rather than served as plaintext.
 
 from __future__ import annotations
 
-from urllib.parse import urlparse
-
 import grpc
 
-from metastore_core.config import Config
+from metastore_core.config import Config, split_url
 
 
 def parse_url(url: str, flag: str) -> tuple[str, int]:
-    """(host, port) of 'http://HOST:PORT' or 'HOST:PORT'; ValueError naming the flag otherwise."""
-    parsed = urlparse(url if "://" in url else "http://" + url)
-    if parsed.scheme == "https":
-        raise ValueError(
-            f"{flag} {url}: TLS is not supported yet (it comes with the auth/TLS work); use http://"
-        )
+    """(host, port) of a listen URL; ValueError naming the flag (a Config built in code skips
+    the CLI's checks, so the listener checks again)."""
     try:
-        port = parsed.port
-    except ValueError:
-        port = None
-    if parsed.scheme != "http" or not parsed.hostname or port is None:
-        raise ValueError(f"{flag} {url}: want http://HOST:PORT")
-    return parsed.hostname, port
+        return split_url(url)
+    except ValueError as exc:
+        raise ValueError(f"{flag} {url}: {exc}") from None
 
 
 def grpc_address(url: str) -> str:

@@ -43,7 +43,8 @@ def _imports(name: str, path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + [base])
+                parts = package.split(".")
+                base = ".".join([*parts[: len(parts) - node.level + 1], base])
             out.add(base)
             for alias in node.names:  # `from pkg import module` imports the module
                 if f"{base}.{alias.name}" in MODULES:
