@@ -1,0 +1,64 @@
+"""The listening side of an HTTP port: sockets on one or more addresses, a task per connection, a cap."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from metastore_core.server.http.connection import Connection
+from metastore_core.server.http.limits import Limits
+from metastore_core.server.http.router import Handler
+
+# How long close() waits for cancelled connections and closed listeners.
+CLOSE_WAIT_SECONDS = 1.0
+
+
+class HttpServer:
+    """Serves one handler on every address it is started on, at most `max_connections` at a time."""
+
+    def __init__(self, handler: Handler, limits: Limits | None = None) -> None:
+        self.handler = handler
+        self.limits = limits or Limits()
+        self.servers: list[asyncio.Server] = []
+        self.ports: list[int] = []
+        self._connections: set[asyncio.Task[None]] = set()
+
+    @property
+    def open_connections(self) -> int:
+        """Connections being served now, on all addresses."""
+        return len(self._connections)
+
+    async def start(self, host: str, port: int) -> int:
+        """Listen on host:port (0 picks a free port); returns the bound port."""
+        server = await asyncio.start_server(
+            self._accept, host, port, reuse_address=True, limit=self.limits.read_size
+        )
+        self.servers.append(server)
+        bound = int(server.sockets[0].getsockname()[1])
+        self.ports.append(bound)
+        return bound
+
+    async def close(self) -> None:
+        """Stop listening and end every open connection, streams included."""
+        for server in self.servers:
+            server.close()
+        tasks = list(self._connections)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=CLOSE_WAIT_SECONDS)
+        for server in self.servers:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CLOSE_WAIT_SECONDS):
+                    await server.wait_closed()
+        self.servers = []
+
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # A plain callback, not a coroutine: the tasks are ours to count and cancel, and
+        # asyncio's own wrapper task would log a cancelled connection as an error.
+        if len(self._connections) >= self.limits.max_connections:
+            writer.close()  # before reading a byte: a flood costs an accept and a close
+            return
+        task = asyncio.create_task(Connection(reader, writer, self.handler, self.limits).run())
+        self._connections.add(task)
+        task.add_done_callback(self._connections.discard)
