@@ -319,7 +319,8 @@ class Node:
                 raise OSError("health probe read back different bytes than it wrote")
 
         try:
-            await asyncio.wait_for(self._committer.run_io(probe), timeout_s)
+            async with asyncio.timeout(timeout_s):  # not wait_for: on 3.11 it can swallow a cancel
+                await self._committer.run_io(probe)
         except TimeoutError:
             return f"probe took longer than {timeout_s}s"
         except Exception as exc:

@@ -23,7 +23,7 @@ from metastore_core.server import listeners, rpc
 from metastore_core.server.catalog import Service, build_services
 from metastore_core.server.figures import Figures
 from metastore_core.server.healthcheck import HealthMonitor, storage_checker, task_checker
-from metastore_core.server.httpd import HttpEndpoint
+from metastore_core.server.http import HttpEndpoint
 from metastore_core.server.layers import reliability_layers
 from metastore_core.server.layers.limits import Limiter, MemoryMonitor
 from metastore_core.server.layers.metrics import RequestMetrics, make_registry

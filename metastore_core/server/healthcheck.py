@@ -116,7 +116,8 @@ class HealthMonitor:
             self.changed.clear()
             await self.evaluate()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.changed.wait(), self.interval_s)
+                async with asyncio.timeout(self.interval_s):  # not wait_for: it can swallow a cancel
+                    await self.changed.wait()
 
     # ------------------------------------------------------------------ HTTP verdicts
     def ready(self) -> tuple[bool, str]:

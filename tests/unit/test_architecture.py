@@ -165,6 +165,7 @@ def test_transport_stays_in_the_binding() -> None:
         "metastore_core.server.figures",
         "metastore_core.server.healthcheck",
         "metastore_core.server.catalog",
+        "metastore_core.server.http",
     )
     bad = {n: _third_party(n) & {"grpc"} for n in MODULES if _in(n, *neutral)}
     assert {n: m for n, m in bad.items() if m} == {}
