@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from collections.abc import AsyncGenerator, Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -70,7 +70,7 @@ class Maintenance:
         self.defrags += 1
         log.info("defragmented in %.3fs: %d -> %d bytes", time.monotonic() - started, before, storage.size())
 
-    async def snapshot(self) -> AsyncIterator[pb.SnapshotResponse]:
+    async def snapshot(self) -> AsyncGenerator[pb.SnapshotResponse, None]:
         """The store as etcd's Snapshot stream: blobs, then one message holding their SHA-256."""
         view = self._store.storage.view()
         # One thread per stream runs every step and, last, the cleanup: if the client goes away

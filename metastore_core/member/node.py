@@ -13,7 +13,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -360,7 +360,7 @@ class Node:
         self.header(resp.header)
         return resp
 
-    def snapshot(self) -> AsyncIterator[pb.SnapshotResponse]:
+    def snapshot(self) -> AsyncGenerator[pb.SnapshotResponse, None]:
         """etcd's Snapshot stream of the whole store (no header, as etcd)."""
         return self._maintenance.snapshot()
 

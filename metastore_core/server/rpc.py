@@ -9,6 +9,7 @@ outermost last), then this binding, which turns a domain error into its status
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,8 +100,9 @@ def _grpc_behaviour(info: MethodInfo, fn: Behaviour) -> Callable[..., Any]:
 
     async def streaming(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            async for item in fn(request, GrpcCall(context)):
-                yield item
+            async with aclosing(fn(request, GrpcCall(context))) as items:
+                async for item in items:
+                    yield item
         except errors.MetastoreError as exc:
             await context.abort(*grpc_status(exc))
 

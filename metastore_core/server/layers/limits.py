@@ -21,6 +21,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
+from contextlib import aclosing
 from typing import Any
 
 from metastore_core import errors
@@ -117,8 +118,9 @@ class Limiter:
                     raise errors.Stopping()
                 self.streams += 1
                 try:
-                    async for item in fn(request, call):
-                        yield item
+                    async with aclosing(fn(request, call)) as items:
+                        async for item in items:
+                            yield item
                 finally:
                     self.streams -= 1
 

@@ -21,6 +21,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
@@ -194,8 +195,9 @@ class Recovery:
                 if m is not None:
                     m.started += 1
                 try:
-                    async for item in fn(request, call):
-                        yield item
+                    async with aclosing(fn(request, call)) as items:
+                        async for item in items:
+                            yield item
                 except BaseException as exc:
                     code, instead = self._outcome(where, exc)
                     if instead is None:

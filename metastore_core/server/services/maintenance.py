@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 
 from metastore_core import errors
 from metastore_core.member.node import Node
@@ -32,8 +33,9 @@ class MaintenanceService:
         return await self.node.hash_kv(r)
 
     async def Snapshot(self, r: pb.SnapshotRequest, call: Call) -> AsyncIterator[pb.SnapshotResponse]:
-        async for resp in self.node.snapshot():
-            yield resp
+        async with aclosing(self.node.snapshot()) as blobs:
+            async for resp in blobs:
+                yield resp
 
     async def MoveLeader(self, r: pb.MoveLeaderRequest, call: Call) -> pb.MoveLeaderResponse:
         return await self.node.move_leader(r)
