@@ -29,6 +29,7 @@ from metastore_core.setting import (
     declare,
     more_than,
     one_of,
+    show,
 )
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
@@ -391,6 +392,17 @@ class Config:
     log_level: str = declare(
         "info", Setting("log-level", PROCESS, "Log level.", check=one_of("debug", "info", "warning", "error"))
     )
+    log_format: str = declare(
+        "console",
+        Setting(
+            "log-format",
+            PROCESS,
+            "Log lines as text (console) or one JSON object each (json, with etcd's keys).",
+            check=one_of("console", "json"),
+            more="JSON lines carry level, ts, caller, logger and msg, then the event's own fields, as "
+            "etcd's zap logs do. The libraries' records (grpc, asyncio) take the same path.",
+        ),
+    )
 
     @property
     def limits(self) -> Limits:
@@ -433,6 +445,14 @@ def load_config(
 
     Raises ConfigError, one line naming the option, the value and where it came from.
     """
+    return load_config_traced(yaml_path, overrides, env)[0]
+
+
+def load_config_traced(
+    yaml_path: Path | None, overrides: Mapping[str, Any], env: Mapping[str, str] | None = None
+) -> tuple[Config, dict[str, str]]:
+    """load_config, and where each option's value came from, by flag: 'flag', 'env
+    METASTORE_MAX_MEMORY', 'file /etc/metastore.yaml', 'preset safe' or 'default'."""
     given = _from_yaml(yaml_path) if yaml_path is not None else {}
     given.update(_from_env(os.environ if env is None else env))
     for key, raw in overrides.items():
@@ -441,7 +461,34 @@ def load_config(
     preset = _value(BY_FLAG["preset"], given, "default")
     values = {s.flag: preset if s.flag == "preset" else _value(s, given, preset) for s in SETTINGS}
     _check_together(values, given)
-    return Config(**{s.attr: s.attr_value(values[s.flag]) for s in SETTINGS})
+    config = Config(**{s.attr: s.attr_value(values[s.flag]) for s in SETTINGS})
+    return config, {s.flag: _source(s, given, preset, yaml_path) for s in SETTINGS}
+
+
+def _source(s: Setting, given: Given, preset: str, yaml_path: Path | None) -> str:
+    if s.flag in given:
+        origin = given[s.flag][1]
+        if not origin:
+            return "flag"
+        return f"env {origin}" if origin == s.env else f"file {yaml_path}"
+    return f"preset {preset}" if preset in s.presets else "default"
+
+
+MASK = "******"
+
+
+def effective(
+    config: Config, sources: Mapping[str, str], settings: tuple[Setting, ...] = SETTINGS
+) -> dict[str, str]:
+    """What start-up logs: 'value (source)' per option, by flag; a secret shows only whether it is set."""
+    out = {}
+    for s in settings:
+        if s.hidden and sources.get(s.flag, "default") == "default":
+            continue
+        value = s.attr_value(getattr(config, s.attr))
+        shown = (MASK if value else "(unset)") if s.secret else show(value)
+        out[s.option] = f"{shown} ({sources.get(s.flag, 'default')})"
+    return out
 
 
 Given = dict[str, tuple[Any, str]]  # flag -> (raw value, where it came from; "" = a flag)

@@ -119,9 +119,28 @@ class Node:
     # ---------------------------------------------------------------- lifecycle
     def load(self) -> None:
         """Rebuild every in-memory structure from storage (start-up, rollback, recovery)."""
-        self._store.load()
+        t0 = time.monotonic()
+
+        def progress(records: int, revision: int) -> None:
+            log.info(
+                "loading the store: %d records read (revision %d) in %.1fs",
+                records,
+                revision,
+                time.monotonic() - t0,
+                extra={"records": records, "revision": revision},
+            )
+
+        records = self._store.load(progress)
         self._lessor.load(self._clock())
         self._alarms.load()
+        log.info(
+            "store loaded: %d records, revision %d, %d leases in %.2fs",
+            records,
+            self._store.committed_rev,
+            len(self._lessor.leases),
+            time.monotonic() - t0,
+            extra={"records": records, "revision": self._store.committed_rev},
+        )
 
     async def check_integrity_on_start(self) -> None:
         """--corrupt-check-on-start: scrub every record; raises StorageError on corruption."""

@@ -170,13 +170,22 @@ class Server:
             await self._release()
             raise
         f = node.figures
+        data_dir = str(cfg.data_dir) if cfg.backend == "leveldb" else "-"
         log.info(
             "serving on %s (backend %s, data dir %s, revision %d, member %x)",
             ", ".join(cfg.listen_client_urls),
             cfg.backend,
-            cfg.data_dir if cfg.backend == "leveldb" else "-",
+            data_dir,
             f.revision,
             f.member_id,
+            extra={
+                "listen-client-urls": cfg.listen_client_urls,
+                "listen-metrics-urls": cfg.listen_metrics_urls,
+                "backend": cfg.backend,
+                "data-dir": data_dir,
+                "revision": f.revision,
+                "member-id": f"{f.member_id:x}",
+            },
         )
 
     async def _start_http(self, figures: Figures) -> None:

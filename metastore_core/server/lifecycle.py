@@ -84,7 +84,7 @@ class Lifecycle:
         if self.requested.is_set():
             return False
         self.reason = reason
-        log.info("shutdown requested: %s", reason)
+        log.info("shutdown requested: %s", reason, extra={"reason": reason})
         self.requested.set()
         return True
 
@@ -112,14 +112,22 @@ class Lifecycle:
                 forced = True
                 report.timed_out = True
             report.phases.append(PhaseTiming(phase, seconds, error))
-            log.info(
+            log.log(
+                logging.WARNING if error else logging.INFO,
                 "shutdown phase %s took %.3fs%s%s",
                 phase,
                 seconds,
                 " (forced)" if forced else "",
                 f": {error}" if error else "",
+                extra={"phase": phase, "seconds": round(seconds, 6), "forced": forced, "error": error},
             )
-        log.info("shutdown finished in %.3fs (%s)", time.monotonic() - start, report.reason)
+        total = time.monotonic() - start
+        log.info(
+            "shutdown finished in %.3fs (%s)",
+            total,
+            report.reason,
+            extra={"seconds": round(total, 6), "reason": report.reason, "clean": report.clean},
+        )
         self.report = report
         self.done.set()
         return report

@@ -7,6 +7,8 @@ https:// URL is refused at start rather than served as plaintext.
 
 from __future__ import annotations
 
+import socket
+
 import grpc
 
 from metastore_core.config import Config, split_url
@@ -46,11 +48,30 @@ def grpc_options(config: Config) -> list[tuple[str, int]]:
     ]
 
 
+def check_free(host: str, port: int) -> None:
+    """OSError naming the address if it cannot be bound. grpc's own failure also prints a line of
+    C-core logging to stderr; this check first keeps a taken port to our one line."""
+    if port == 0:
+        return
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        return  # let grpc say what is wrong with the name
+    for family, kind, proto, _, addr in addresses:
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(addr)
+            except OSError as exc:
+                raise OSError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
 def bind_client_urls(server: grpc.aio.Server, urls: list[str]) -> list[int]:
     """Listen on every client URL; returns the bound ports (OSError naming a taken address)."""
     ports = []
     for url in urls:
         addr = grpc_address(url)
+        check_free(*parse_url(url, "--listen-client-urls"))
         try:
             port = server.add_insecure_port(addr)
         except RuntimeError as exc:

@@ -10,7 +10,11 @@ LOCK_NAME = "metastore.lock"
 DB_NAME = "db"
 
 
-class DataDirInUse(Exception):
+class DataDirError(Exception):
+    """The data dir cannot be used: not a directory, not writable, or held by another process."""
+
+
+class DataDirInUse(DataDirError):
     """Another process holds the data dir."""
 
 
@@ -27,9 +31,14 @@ class DataDir:
 
     def acquire(self) -> None:
         """Create the dir (mode 0700) and take its lock, failing at once if held."""
-        self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(self.path, 0o700)
-        fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        if self.path.exists() and not self.path.is_dir():
+            raise DataDirError(f"data dir {self.path} is not a directory")
+        try:
+            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(self.path, 0o700)
+            fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise DataDirError(f"cannot use data dir {self.path}: {exc.strerror or exc}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -18,6 +18,12 @@ import plyvel
 from metastore_core.storage.base import StorageError, Write
 
 
+def reason(exc: Exception) -> str:
+    """LevelDB's own words: plyvel carries them as bytes (str() would show b'Corruption: ...')."""
+    first = exc.args[0] if exc.args else exc
+    return first.decode(errors="replace") if isinstance(first, bytes) else str(first)
+
+
 class LevelDBView:
     """A LevelDB snapshot."""
 
@@ -28,14 +34,14 @@ class LevelDBView:
         try:
             return self._snap.get(key)
         except plyvel.Error as exc:
-            raise StorageError(str(exc)) from exc
+            raise StorageError(reason(exc)) from exc
 
     def scan(self, start: bytes, stop: bytes) -> Iterator[tuple[bytes, bytes]]:
         try:
             with self._snap.iterator(start=start, stop=stop, fill_cache=False) as it:
                 yield from it
         except plyvel.Error as exc:
-            raise StorageError(str(exc)) from exc
+            raise StorageError(reason(exc)) from exc
 
     def close(self) -> None:
         self._snap.close()
@@ -62,20 +68,23 @@ class LevelDBStorage:
                 write_buffer_size=16 << 20,
             )
         except plyvel.Error as exc:
-            raise StorageError(f"cannot open LevelDB at {path}: {exc}") from exc
+            why = reason(exc)
+            if isinstance(exc, plyvel.CorruptionError) or why.startswith("Corruption"):
+                why += " (the data dir is damaged: restore it from a snapshot, metastore snapshot restore)"
+            raise StorageError(f"cannot open LevelDB at {path}: {why}") from exc
 
     def get(self, key: bytes) -> bytes | None:
         try:
             return self._db.get(key)
         except plyvel.Error as exc:
-            raise StorageError(str(exc)) from exc
+            raise StorageError(reason(exc)) from exc
 
     def scan(self, start: bytes, stop: bytes, *, reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
         try:
             with self._db.iterator(start=start, stop=stop, reverse=reverse) as it:
                 yield from it
         except plyvel.Error as exc:
-            raise StorageError(str(exc)) from exc
+            raise StorageError(reason(exc)) from exc
 
     def scrub_scan(self, start: bytes, stop: bytes) -> Iterator[tuple[bytes, bytes]]:
         """Like scan, but LevelDB verifies every block checksum and the cache is left alone."""
@@ -83,7 +92,7 @@ class LevelDBStorage:
             with self._db.iterator(start=start, stop=stop, verify_checksums=True, fill_cache=False) as it:
                 yield from it
         except plyvel.Error as exc:
-            raise StorageError(str(exc)) from exc
+            raise StorageError(reason(exc)) from exc
 
     def write(self, batch: Sequence[Write], *, sync: bool = True) -> None:
         try:
@@ -94,7 +103,7 @@ class LevelDBStorage:
                     else:
                         wb.put(key, value)
         except plyvel.Error as exc:
-            raise StorageError(str(exc)) from exc
+            raise StorageError(reason(exc)) from exc
 
     def view(self) -> LevelDBView:
         return LevelDBView(self._db)
@@ -111,7 +120,7 @@ class LevelDBStorage:
         try:
             self._db.compact_range()
         except plyvel.Error as exc:
-            raise StorageError(str(exc)) from exc
+            raise StorageError(reason(exc)) from exc
 
     def close(self) -> None:
         if not self._db.closed:

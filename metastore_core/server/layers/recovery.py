@@ -73,7 +73,7 @@ class Recovery:
     def panic(self, where: str, exc: BaseException) -> None:
         """Record one recovered exception: log with stack, count, notify."""
         self.panic_count += 1
-        log.error("panic recovered in %s: %r", where, exc, exc_info=exc)
+        log.error("panic recovered in %s: %r", where, exc, exc_info=exc, extra={"method": where})
         for handler in self.handlers:
             try:
                 handler(where, exc)
