@@ -29,7 +29,7 @@ from metastore_core.engine.watch import WatchHub, WatchLimits, WatchSession
 from metastore_core.member.committer import Committer, Listener
 from metastore_core.member.compactor import AutoCompactor, Compactor
 from metastore_core.member.consensus import Consensus, MemberInfo
-from metastore_core.member.figures import MemberFigures
+from metastore_core.member.figures import MemberFigures, Proposals
 from metastore_core.member.guard import Spawn, WriteGuard
 from metastore_core.member.integrity import Integrity
 from metastore_core.member.leases import Leases
@@ -110,9 +110,10 @@ class Node:
         self._leases = Leases(lessor, clock, self.write, is_leader, config.lease_checkpoint_interval_s)
         self._maintenance = Maintenance(store)
         self._integrity = Integrity(store, guard.report_corruption, config.corrupt_check_interval_s)
+        self.proposals = Proposals()
         self.figures = MemberFigures(
             store, lessor, alarms, self._hub, committer, guard, self._leases, self._compactor, self._auto,
-            self._maintenance, self._integrity,
+            self._maintenance, self._integrity, self._applier.ops, self.proposals,
         )  # fmt: skip
         self.started = time.time()
 
@@ -212,6 +213,7 @@ class Node:
             await self._consensus.read_index()
         store = self._store
         resp = range_at(store, r, store.check_rev(r.revision))
+        self._applier.ops.ranges += 1
         self.header(resp.header, store.committed_rev)
         return resp
 
@@ -219,11 +221,16 @@ class Node:
         """Check, propose and apply one write command; answers once it is durable."""
         guard = self._guard
         await guard.check(command)
+        proposals = self.proposals
+        proposals.pending += 1
         try:
             resp = await self._consensus.propose(command, auth)
         except errors.StorageFailed:
+            proposals.failed += 1
             await guard.settled()  # the alarm the failure raises is applied before the caller hears
             raise
+        finally:
+            proposals.pending -= 1
         if type(command) is pb.CompactionRequest and command.physical:
             await self._compactor.wait()
         self.header(resp.header)

@@ -22,7 +22,7 @@ from metastore_core.member.node import Node
 from metastore_core.server import listeners, rpc
 from metastore_core.server.catalog import Service, build_services
 from metastore_core.server.figures import Figures
-from metastore_core.server.healthcheck import HealthMonitor, storage_checker, task_checker
+from metastore_core.server.healthcheck import HealthMonitor, livez, readyz, storage_checker, task_checker
 from metastore_core.server.http import HttpEndpoint
 from metastore_core.server.layers import reliability_layers
 from metastore_core.server.layers.limits import Limiter, MemoryMonitor
@@ -143,7 +143,7 @@ class Server:
             for svc in self.services:
                 methods = rpc.service_methods(svc.descriptor, svc.servicer, svc.modules)
                 self.grpc.add_generic_rpc_handlers(
-                    (rpc.handler(svc.descriptor.full_name, methods, self.layers),)
+                    (rpc.handler(svc.descriptor.full_name, methods, self.layers, self.metrics.traffic),)
                 )
             if faults.enabled(cfg.test_faults):
                 log.warning("TEST FAULT INJECTION ENABLED: never use this outside tests")
@@ -189,13 +189,14 @@ class Server:
         )
 
     async def _start_http(self, figures: Figures) -> None:
-        figures.register(self.metrics)
-        registry = make_registry([self.metrics])
         node = figures.node
+        probes = [livez(node, self.recovery), readyz(node, self.monitor)]
+        figures.register(self.metrics, probes)
+        registry = make_registry([self.metrics])
         self.http = HttpEndpoint(
             registry,
             lambda exclude: self.monitor.healthy(node.figures.alarm_names(), exclude),
-            self.monitor.ready,
+            probes,
         )
         for url in self.config.listen_metrics_urls:
             host, port = listeners.parse_url(url, "--listen-metrics-urls")
