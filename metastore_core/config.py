@@ -209,6 +209,16 @@ class Config:
             inverted=True,
         ),
     )
+    grpc_reflection: bool = declare(
+        True,
+        Setting(
+            "grpc-reflection",
+            NETWORK,
+            "Serve gRPC server reflection on the client port, so grpcurl can list and call the services.",
+            more="It describes the services (etcd's, health, admin); it answers no data and takes no "
+            "credentials, as with kine. --no-grpc-reflection turns it off.",
+        ),
+    )
     # gRPC transport
     max_recv_bytes: int = declare(
         4 << 20,

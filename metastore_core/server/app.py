@@ -16,6 +16,7 @@ import resource
 from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
+from grpc_reflection.v1alpha import reflection
 
 from metastore_core.config import Config
 from metastore_core.member.node import Node
@@ -145,6 +146,10 @@ class Server:
                 self.grpc.add_generic_rpc_handlers(
                     (rpc.handler(svc.descriptor.full_name, methods, self.layers, self.metrics.traffic),)
                 )
+            if cfg.grpc_reflection:
+                # grpcurl list/describe; names what is served (not the test-only fault service)
+                names = [svc.descriptor.full_name for svc in self.services] + [reflection.SERVICE_NAME]
+                reflection.enable_server_reflection(names, self.grpc)
             if faults.enabled(cfg.test_faults):
                 log.warning("TEST FAULT INJECTION ENABLED: never use this outside tests")
                 fault_methods = faults.FaultService(node, self.monitor).methods()
