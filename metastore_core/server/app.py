@@ -41,6 +41,7 @@ from metastore_core.server.lifecycle import (
 from metastore_core.server.methods import Layer
 from metastore_core.server.services import faults
 from metastore_core.server.services.health import NOT_SERVING, HealthService
+from metastore_core.server.systemd import Notifier
 from metastore_core.storage import Storage
 from metastore_core.storage import layout as L
 from metastore_core.storage.base import StorageError
@@ -93,6 +94,8 @@ class Server:
             reliability_layers(self.recovery, self.limiter, self.metrics) if layers is None else list(layers)
         )
         self.lifecycle = Lifecycle(config.shutdown_timeout_s)
+        self.systemd = Notifier()
+        self.lifecycle.on_phase = lambda phase: self.systemd.status(f"shutting down: {phase}")
         self.health = HealthService()
         self.monitor = HealthMonitor(self.health, [], config.health_check_interval_s)
         self.http: HttpEndpoint | None = None
@@ -119,6 +122,7 @@ class Server:
     # ------------------------------------------------------------------ start
     async def start(self) -> None:
         cfg = self.config
+        self.systemd.status("starting: loading the store")
         raise_fd_limit(cfg.max_connections)
         if cfg.backend == "leveldb":
             self.datadir = DataDir(cfg.data_dir)
@@ -192,6 +196,7 @@ class Server:
                 "member-id": f"{f.member_id:x}",
             },
         )
+        self.systemd.ready(f"serving on {', '.join(cfg.listen_client_urls)} at revision {f.revision}")
 
     async def _start_http(self, figures: Figures) -> None:
         node = figures.node
@@ -222,6 +227,12 @@ class Server:
         rec.safe_spawn_with_restart("health-monitor", self.monitor.run, 1000)
         rec.safe_spawn_with_restart("memory-monitor", self.memory.run, 1000)
         rec.safe_spawn_with_restart("request-timeouts", self.limiter.run_timeouts, 1000)
+        if self.systemd.enabled and self.systemd.watchdog_s > 0:
+
+            def alive() -> bool:  # pings stop once a supervised loop gives up: systemd restarts us
+                return not any(t.failed for t in rec.tasks.values())
+
+            rec.safe_spawn_with_restart("systemd-watchdog", lambda: self.systemd.run_watchdog(alive), 1000)
 
     # ------------------------------------------------------------------ stop
     def _register_shutdown(self, node: Node) -> None:
@@ -268,6 +279,7 @@ class Server:
 
     async def shutdown(self) -> int:
         """Run the four phases; returns the exit code (0 when clean)."""
+        self.systemd.stopping(f"shutting down: {self.lifecycle.reason or 'stop'}")
         report = await self.lifecycle.run()
         if self.datadir is not None:
             try:

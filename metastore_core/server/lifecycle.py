@@ -71,6 +71,7 @@ class Lifecycle:
         self.done = asyncio.Event()
         self.report: ShutdownReport | None = None
         self.previous: ShutdownReport | None = None  # the one before this process started
+        self.on_phase: Callable[[str], None] | None = None  # told as each phase begins (systemd)
         self._running: asyncio.Task[ShutdownReport] | None = None
 
     def on(self, phase: str, name: str, hook: Hook) -> None:
@@ -105,6 +106,8 @@ class Lifecycle:
                 forced = True
             if forced:
                 budget = FORCED_PHASE_BUDGET_S
+            if self.on_phase is not None:
+                self.on_phase(phase)
             t0 = time.monotonic()
             error = await self._run_phase(phase, budget)
             seconds = time.monotonic() - t0
