@@ -94,9 +94,14 @@ def probe(
 
 def health(
     endpoints: str = endpoints_option(),
-    service: str = typer.Option("", "--service", help='Service name to check ["" = the whole server].'),
+    service: str = typer.Option(
+        "", "--service", help='Service name to check ["" = the whole server].', metavar="NAME"
+    ),
     exclude: str = typer.Option(
-        "", "--exclude", help="Comma-separated alarms to ignore (NOSPACE), as /health?exclude= does."
+        "",
+        "--exclude",
+        help="Comma-separated alarms to ignore (NOSPACE), as /health?exclude= does.",
+        metavar="ALARM[,...]",
     ),
     connect_timeout: float = typer.Option(
         2.0,

@@ -49,7 +49,11 @@ EXIT_CODES = (
 def endpoints_option(help: str = "Comma-separated gRPC endpoints (HOST:PORT or http://HOST:PORT).") -> Any:
     # etcdctl's variable too, so an environment set up for etcdctl works unchanged
     return typer.Option(
-        "127.0.0.1:2379", "--endpoints", envvar=["METASTORE_ENDPOINTS", "ETCDCTL_ENDPOINTS"], help=help
+        "127.0.0.1:2379",
+        "--endpoints",
+        envvar=["METASTORE_ENDPOINTS", "ETCDCTL_ENDPOINTS"],
+        help=help,
+        metavar="HOST:PORT[,...]",
     )
 
 
@@ -79,6 +83,7 @@ def write_out_option(choices: Sequence[str] = WRITE_OUT) -> Any:
         "--write-out",
         envvar="METASTORE_WRITE_OUT",
         help=f"Output: {', '.join(choices[:-1])} or {choices[-1]}.",
+        metavar="|".join(choices),
     )
 
 

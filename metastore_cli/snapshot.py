@@ -213,7 +213,9 @@ def _tracked_opener(progress: _Progress, size: int) -> Callable[[Path], Any]:
 @app.command()
 def verify(
     file: Path = typer.Argument(..., help="The snapshot file to check."),
-    write_out: str = typer.Option("simple", "-w", "--write-out", help="simple or json."),
+    write_out: str = typer.Option(
+        "simple", "-w", "--write-out", help="simple or json.", metavar="simple|json"
+    ),
 ) -> None:
     """Check a snapshot's structure, every record CRC and the SHA-256 trailer (exit 0 when valid)."""
     check_write_out(write_out, ("simple", "json"))
@@ -256,9 +258,14 @@ def verify(
 @app.command()
 def restore(
     file: Path = typer.Argument(..., help="The snapshot file to restore."),
-    data_dir: Path = typer.Option(..., "--data-dir", help="New data dir to create (must be empty)."),
+    data_dir: Path = typer.Option(
+        ..., "--data-dir", help="New data dir to create (must be empty).", metavar="DIR"
+    ),
     member_id: str = typer.Option(
-        None, "--member-id", help="Member ID for the restored member, in hex [a new random one]."
+        None,
+        "--member-id",
+        help="Member ID for the restored member, in hex [a new random one].",
+        metavar="HEX",
     ),
     keep_member_id: bool = typer.Option(
         False, "--keep-member-id", help="Keep the member ID the snapshot was taken from."
