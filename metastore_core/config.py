@@ -45,7 +45,9 @@ RELIABILITY = "Reliability"
 WATCH_LEASE = "Watch and lease"
 COMPACTION = "Compaction"
 PROCESS = "Process"
-GROUPS = (STORAGE, NETWORK, REQUESTS, RELIABILITY, WATCH_LEASE, COMPACTION, PROCESS)
+TRACING = "Tracing"
+GROUPS = (STORAGE, NETWORK, REQUESTS, RELIABILITY, WATCH_LEASE, COMPACTION, PROCESS, TRACING)
+SAMPLES_PER_MILLION = 1_000_000
 
 
 def split_url(url: str) -> tuple[str, int]:
@@ -411,6 +413,57 @@ class Config:
             check=one_of("console", "json"),
             more="JSON lines carry level, ts, caller, logger and msg, then the event's own fields, as "
             "etcd's zap logs do. The libraries' records (grpc, asyncio) take the same path.",
+        ),
+    )
+
+    # OpenTelemetry, spelled as etcd 3.5's flags (embed/config_tracing.go); server/tracing.py
+    experimental_enable_distributed_tracing: bool = declare(
+        False,
+        Setting(
+            "experimental-enable-distributed-tracing",
+            TRACING,
+            "Send OpenTelemetry spans (every RPC, every batch commit) to an OTLP collector.",
+            more="Needs the tracing extra (pip install 'metastore[tracing]'). Off, it costs nothing: "
+            "no layer is added and nothing is imported. Incoming W3C traceparent metadata is honoured.",
+        ),
+    )
+    experimental_distributed_tracing_address: str = declare(
+        "localhost:4317",
+        Setting(
+            "experimental-distributed-tracing-address",
+            TRACING,
+            "OTLP gRPC collector address (plaintext).",
+            metavar="HOST:PORT",
+        ),
+    )
+    experimental_distributed_tracing_service_name: str = declare(
+        "metastore",
+        Setting(
+            "experimental-distributed-tracing-service-name",
+            TRACING,
+            "service.name of the spans; use one name for all members (etcd's default is etcd).",
+        ),
+    )
+    experimental_distributed_tracing_instance_id: str = declare(
+        "",
+        Setting(
+            "experimental-distributed-tracing-instance-id",
+            TRACING,
+            "service.instance.id of the spans, unique per member; none by default.",
+        ),
+    )
+    experimental_distributed_tracing_sampling_rate: int = declare(
+        0,
+        Setting(
+            "experimental-distributed-tracing-sampling-rate",
+            TRACING,
+            "Spans sampled per million root spans; requests whose caller sampled them are always traced.",
+            check=Rule(
+                "from 0 to 1000000",
+                lambda v: None if 0 <= v <= SAMPLES_PER_MILLION else "must be from 0 to 1000000",
+            ),
+            metavar="PER_MILLION",
+            more="As etcd: 0 samples no root span of our own (only those a traced caller asks for).",
         ),
     )
 

@@ -240,6 +240,11 @@ class Node:
         if type(entry.command) is pb.CompactionRequest:
             self._compactor.kick()  # every member compacts its own storage, in the background
 
+    def observe_commits(self, observer: Callable[[float, float, int], None]) -> None:
+        """Call observer(start, end, entries) after each batch write, on the thread that wrote it
+        (monotonic times): tracing's commit spans."""
+        self._committer.observers.append(observer)
+
     def subscribe(self, listener: Listener) -> None:
         """Call listener(revision, events) after each batch of writes becomes durable."""
         self._committer.listeners.append(listener)

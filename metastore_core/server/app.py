@@ -42,6 +42,7 @@ from metastore_core.server.methods import Layer
 from metastore_core.server.services import faults
 from metastore_core.server.services.health import NOT_SERVING, HealthService
 from metastore_core.server.systemd import Notifier
+from metastore_core.server.tracing import Tracing
 from metastore_core.storage import Storage
 from metastore_core.storage import layout as L
 from metastore_core.storage.base import StorageError
@@ -83,8 +84,11 @@ def raise_fd_limit(max_connections: int) -> None:
 class Server:
     """One daemon: owns the data dir lock, the storage, the node, the gRPC server and the HTTP port."""
 
-    def __init__(self, config: Config, layers: Sequence[Layer] | None = None) -> None:
-        """layers=None builds the reliability layer; pass [] to serve without it (benchmarks)."""
+    def __init__(
+        self, config: Config, layers: Sequence[Layer] | None = None, tracing: Tracing | None = None
+    ) -> None:
+        """layers=None builds the reliability layer; pass [] to serve without it (benchmarks).
+        tracing=None follows --experimental-enable-distributed-tracing (tests pass their own)."""
         self.config = config
         self.recovery = Recovery()
         self.limiter = Limiter(config.max_concurrent_requests, config.request_timeout_s)
@@ -93,6 +97,9 @@ class Server:
         self.layers: list[Layer] = (
             reliability_layers(self.recovery, self.limiter, self.metrics) if layers is None else list(layers)
         )
+        self.tracing = tracing or Tracing.from_config(config)
+        if self.tracing is not None:  # off, nothing is added to the request path
+            self.layers.append(self.tracing.layer())
         self.lifecycle = Lifecycle(config.shutdown_timeout_s)
         self.systemd = Notifier()
         self.lifecycle.on_phase = lambda phase: self.systemd.status(f"shutting down: {phase}")
@@ -137,6 +144,8 @@ class Server:
                 raise StorageError(f"data is corrupt ({exc}); refusing to start") from None
             if cfg.corrupt_check_on_start:
                 await node.check_integrity_on_start()
+            if self.tracing is not None:
+                node.observe_commits(self.tracing.commit)
             self.recovery.on_corrupt = node.report_corruption
             node.on_storage_failure(lambda exc: self.monitor.poke())
             self.memory.on_full = node.set_memory_full
@@ -269,6 +278,8 @@ class Server:
         if self.grpc is not None:
             await self.grpc.stop(0)
         await self._release()
+        if self.tracing is not None:  # export what is still buffered
+            await asyncio.to_thread(self.tracing.shutdown)
 
     async def stop(self, grace: float | None = None) -> None:
         """Run the graceful shutdown now (tests and embedding); returns when it is over."""

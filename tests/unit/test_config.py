@@ -27,7 +27,13 @@ from metastore_core.config import (
 from metastore_core.setting import Setting, show
 
 # A valid value for string settings that have no fixed choices.
-TEXT_SAMPLES = {"name": "member-1", "auto-compaction-retention": "7"}
+TEXT_SAMPLES = {
+    "name": "member-1",
+    "auto-compaction-retention": "7",
+    "experimental-distributed-tracing-address": "collector:4317",
+    "experimental-distributed-tracing-service-name": "kv-store",
+    "experimental-distributed-tracing-instance-id": "member-1",
+}
 
 
 def sample(s: Setting) -> Any:
