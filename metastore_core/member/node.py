@@ -43,7 +43,6 @@ from metastore_core.storage import layout as L
 log = logging.getLogger(__name__)
 
 ETCD_API_VERSION = "3.5.0"  # the etcd API level we speak; clients switch features on it
-PEER_URL = "http://localhost:2380"  # no peers yet: what MemberList shows until cluster mode
 _ALARM = pb.AlarmRequest
 
 
@@ -181,7 +180,8 @@ class Node:
     # ---------------------------------------------------------------- identity
     def _member_info(self) -> MemberInfo:
         cfg = self._config
-        return MemberInfo(self._store.ids.member_id, cfg.name, [PEER_URL], cfg.client_urls)
+        # no peer URLs: a single member listens for no peers (it invented http://localhost:2380)
+        return MemberInfo(self._store.ids.member_id, cfg.name, [], cfg.client_urls)
 
     def header(self, into: pb.ResponseHeader, revision: int | None = None) -> None:
         """Fill a response header: ids, term, and the revision (current unless given or set)."""
@@ -309,6 +309,8 @@ class Node:
             raise errors.InvalidRequest("etcdserver: cannot activate alarm NONE")
         guard = self._guard
         failed = guard.failure is not None
+        # etcd answers with the alarm it raised, or the one it cleared (none if it was not active)
+        changed = r.action == _ALARM.ACTIVATE or (r.memberID, r.alarm) in self._alarms.active
         try:
             await self._consensus.propose(r)
         except errors.StorageFailed:
@@ -318,7 +320,8 @@ class Node:
         gone = not self._alarms.has(pb.NOSPACE) and not self._alarms.has(pb.CORRUPT)
         if r.action == _ALARM.DEACTIVATE and failed and gone:
             await guard.recover()  # the last alarm is gone: the operator says there is space again
-        return pb.AlarmResponse(alarms=self._alarms.get(pb.NONE))
+        member = pb.AlarmMember(memberID=r.memberID, alarm=r.alarm)
+        return pb.AlarmResponse(alarms=[member] if changed else [])
 
     def report_corruption(self, exc: Exception) -> None:
         """A read found a record failing its check: raise CORRUPT and refuse writes."""

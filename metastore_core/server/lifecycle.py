@@ -166,12 +166,15 @@ class Lifecycle:
         for s in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(s)
             # A plain handler, not the loop's: it runs even if the loop is stuck in a hook.
-            signal.signal(s, _force_exit)
+            signal.signal(s, self._second_signal)
 
-
-def _force_exit(signum: int, frame: object) -> None:
-    os.write(2, f"metastore: second signal ({signal.Signals(signum).name}): forced exit\n".encode())
-    os._exit(FORCED_EXIT_CODE)
+    def _second_signal(self, signum: int, frame: object) -> None:
+        """Force the exit (130), unless the shutdown is already over: then exit as it ended."""
+        report = self.report
+        if report is not None:  # nothing left to force: the code must not change
+            os._exit(0 if report.clean else 1)
+        os.write(2, f"metastore: second signal ({signal.Signals(signum).name}): forced exit\n".encode())
+        os._exit(FORCED_EXIT_CODE)
 
 
 # ---------------------------------------------------------------------- the report on disk
