@@ -174,6 +174,12 @@ class Figures:
                 lambda: rec.validation_error_count,
             ),
             (
+                "metastore_oversize_requests_total",
+                "Requests refused as larger than --max-request-bytes; larger than --max-recv-bytes "
+                "the transport refuses them uncounted.",
+                lambda: rec.oversize_count,
+            ),
+            (
                 "metastore_requests_refused_total",
                 "Unary calls refused at the concurrency limit.",
                 lambda: lim.refused,

@@ -59,7 +59,8 @@ def promtool_problems(text: str) -> list[str]:
 
 
 async def drive(endpoint: str) -> None:
-    """3 puts, a range, a txn (put + range), a delete, a lease, defrag, hash, hashkv, a snapshot."""
+    """3 puts, a range, a txn (put + range), a delete, an oversize put, a lease, defrag, hash,
+    hashkv, a snapshot."""
     async with grpc.aio.insecure_channel(endpoint) as ch:
         kv, m = rpc.KVStub(ch), rpc.MaintenanceStub(ch)
         for i in range(3):
@@ -74,6 +75,14 @@ async def drive(endpoint: str) -> None:
             )
         )
         await kv.DeleteRange(pb.DeleteRangeRequest(key=b"k0"))
+        try:  # over --max-request-bytes, under the transport's --max-recv-bytes: refused, counted
+            big = [
+                pb.RequestOp(request_put=pb.PutRequest(key=b"b%d" % i, value=bytes(900 << 10)))
+                for i in (1, 2)
+            ]
+            await kv.Txn(pb.TxnRequest(success=big))
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT
         lease = rpc.LeaseStub(ch)
         await lease.LeaseRevoke(
             pb.LeaseRevokeRequest(ID=(await lease.LeaseGrant(pb.LeaseGrantRequest(TTL=60))).ID)
@@ -107,6 +116,7 @@ async def test_the_catalogue_counts_what_was_done_and_passes_promtool(tmp_path: 
         assert one(m, "etcd_mvcc_range_total") == 2
         assert one(m, "etcd_mvcc_delete_total") == 1
         assert one(m, "etcd_mvcc_txn_total") == 1
+        assert one(m, "metastore_oversize_requests_total") == 1
         # every synced batch is one fsync and one backend commit
         commits = one(m, "etcd_disk_wal_fsync_duration_seconds_count")
         assert commits >= 6 and commits == one(m, "etcd_disk_backend_commit_duration_seconds_count")
