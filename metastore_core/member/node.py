@@ -198,6 +198,8 @@ class Node:
 
     async def write(self, command: Command, auth: AuthInfo | None = None) -> Any:
         """Check, propose and apply one write command; answers once it is durable."""
+        if type(command) is pb.LeaseGrantRequest:
+            command = self._leases.prepare_grant(command)  # the ID is chosen here, never in apply
         guard = self._guard
         await guard.check(command)
         try:
@@ -222,7 +224,7 @@ class Node:
     async def lease_grant(
         self, r: pb.LeaseGrantRequest, auth: AuthInfo | None = None
     ) -> pb.LeaseGrantResponse:
-        resp: pb.LeaseGrantResponse = await self.write(self._leases.prepare_grant(r), auth)
+        resp: pb.LeaseGrantResponse = await self.write(r, auth)
         self._leases.granted_total += 1
         return resp
 
