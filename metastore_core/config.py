@@ -30,6 +30,7 @@ from metastore_core.setting import (
     more_than,
     one_of,
 )
+from metastore_core.tokenspec import parse_options
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 CONFIG_FILE_ENV = ENV_PREFIX + "CONFIG_FILE"
@@ -43,8 +44,9 @@ REQUESTS = "Request limits"
 RELIABILITY = "Reliability"
 WATCH_LEASE = "Watch and lease"
 COMPACTION = "Compaction"
+SECURITY = "Auth and TLS"
 PROCESS = "Process"
-GROUPS = (STORAGE, NETWORK, REQUESTS, RELIABILITY, WATCH_LEASE, COMPACTION, PROCESS)
+GROUPS = (STORAGE, NETWORK, SECURITY, REQUESTS, RELIABILITY, WATCH_LEASE, COMPACTION, PROCESS)
 
 
 def split_url(url: str) -> tuple[str, int]:
@@ -72,6 +74,14 @@ def _url_problem(url: str) -> str | None:
 
 
 HTTP_URL = Rule("each http://HOST:PORT", _url_problem)
+
+
+def _token_problem(spec: str) -> str | None:
+    try:
+        parse_options(spec)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def host_port(url: str) -> str:
@@ -129,6 +139,32 @@ class Config:
     listen_metrics_urls: list[str] = declare(
         ["http://127.0.0.1:2381"],
         Setting("listen-metrics-urls", NETWORK, "HTTP addresses for /metrics and /health.", check=HTTP_URL),
+    )
+    auth_token: str = declare(
+        "simple",
+        Setting(
+            "auth-token",
+            SECURITY,
+            "Token type: simple, or jwt,pub-key=PATH,priv-key=PATH,sign-method=RS256,ttl=5m (as etcd).",
+            check=Rule("simple or jwt,pub-key=PATH[,priv-key=PATH,sign-method=M,ttl=D]", _token_problem),
+            metavar="SPEC",
+            more="Simple tokens live in this member only and expire after --auth-token-ttl without "
+            "use; JWT tokens are signed (RS*, PS*, ES*, EdDSA) and expire at their exp claim. Tokens "
+            "are never logged nor stored.",
+        ),
+    )
+    auth_token_ttl_s: int = declare(
+        300,
+        Setting("auth-token-ttl", SECURITY, "Seconds a simple token lives without use.", check=at_least(1)),
+    )
+    bcrypt_cost: int = declare(
+        10,
+        Setting(
+            "bcrypt-cost",
+            SECURITY,
+            "bcrypt cost of stored password hashes (4-31; each step doubles the work).",
+            check=Rule("between 4 and 31", lambda v: None if 4 <= v <= 31 else "must be between 4 and 31"),
+        ),
     )
     max_txn_ops: int = declare(
         128,

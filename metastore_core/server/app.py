@@ -25,6 +25,7 @@ from metastore_core.server.figures import Figures
 from metastore_core.server.healthcheck import HealthMonitor, storage_checker, task_checker
 from metastore_core.server.http import HttpEndpoint
 from metastore_core.server.layers import reliability_layers
+from metastore_core.server.layers.auth import AuthLayer
 from metastore_core.server.layers.limits import Limiter, MemoryMonitor
 from metastore_core.server.layers.metrics import RequestMetrics, make_registry
 from metastore_core.server.layers.recovery import Recovery
@@ -88,8 +89,11 @@ class Server:
         self.limiter = Limiter(config.max_concurrent_requests, config.request_timeout_s)
         self.memory = MemoryMonitor(config.max_memory_bytes, config.memory_check_interval_s)
         self.metrics = RequestMetrics()
+        self.auth = AuthLayer()
         self.layers: list[Layer] = (
-            reliability_layers(self.recovery, self.limiter, self.metrics) if layers is None else list(layers)
+            reliability_layers(self.recovery, self.limiter, self.metrics, self.auth)
+            if layers is None
+            else list(layers)
         )
         self.lifecycle = Lifecycle(config.shutdown_timeout_s)
         self.health = HealthService()
@@ -126,6 +130,7 @@ class Server:
         try:
             self.storage = open_storage(cfg, self.datadir)
             self.node = node = Node(self.storage, cfg, spawn=self._spawn)
+            self.auth.node = node
             try:
                 await asyncio.to_thread(node.load)
             except L.CorruptRecord as exc:

@@ -24,7 +24,11 @@ from metastore_core.config import (
 from metastore_core.setting import Setting, show
 
 # A valid value for string settings that have no fixed choices.
-TEXT_SAMPLES = {"name": "member-1", "auto-compaction-retention": "7"}
+TEXT_SAMPLES = {
+    "name": "member-1",
+    "auto-compaction-retention": "7",
+    "auth-token": "jwt,pub-key=/etc/metastore/jwt.pub,sign-method=ES256",
+}
 
 
 def sample(s: Setting) -> Any:
