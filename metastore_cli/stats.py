@@ -57,6 +57,7 @@ def rows(s: admin_pb2.GetStatsResponse) -> list[tuple[str, str, str]]:
         ("daemon", "uptime", human_duration(s.uptime_seconds)),
         ("daemon", "health", health),
         ("daemon", "alarms", alarms),
+        *[("daemon", "WARNING", w) for w in s.warnings],
         ("limits", "connections", f"{s.connections_current} / {s.connections_max}"),
         ("limits", "requests in flight", f"{s.requests_current} / {s.requests_max} (peak {s.requests_peak})"),
         ("limits", "requests refused", str(s.requests_refused)),
@@ -100,7 +101,7 @@ def rich_table(endpoint: str, s: admin_pb2.GetStatsResponse) -> Table:
     last = None
     for section, figure, value in rows(s):
         style = None
-        if (figure == "health" and not s.serving) or (figure == "alarms" and s.alarms):
+        if (figure == "health" and not s.serving) or (figure == "alarms" and s.alarms) or figure == "WARNING":
             style = "bold red"
         table.add_row(section if section != last else "", figure, value, style=style)
         last = section

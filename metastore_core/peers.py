@@ -15,11 +15,16 @@ def peer_host(peer: str) -> str:
     return peer
 
 
-def is_loopback(peer: str) -> bool:
-    """Is the caller on this host (a loopback address or a unix socket)?"""
-    if peer.startswith("unix:"):
+def is_loopback_host(host: str) -> bool:
+    """Is host (an address, or localhost) this host's loopback?"""
+    if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(peer_host(peer)).is_loopback
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def is_loopback(peer: str) -> bool:
+    """Is the caller on this host (a loopback address or a unix socket)?"""
+    return peer.startswith("unix:") or is_loopback_host(peer_host(peer))
