@@ -12,6 +12,7 @@ import grpc
 import pytest
 from cryptography import x509
 
+from metastore_cli.connect import Credentials, dial
 from metastore_core.config import Config
 from metastore_core.pb.authpb import auth_pb2 as apb
 from metastore_core.pb.etcdserverpb import rpc_pb2 as pb
@@ -142,11 +143,14 @@ async def test_auto_tls_and_an_https_url_without_a_certificate(tmp_path: Path) -
     server = Server(cfg)
     await server.start()
     try:
-        pem = await asyncio.to_thread(ssl.get_server_certificate, ("127.0.0.1", port))
-        creds = grpc.ssl_channel_credentials(pem.encode())
-        opts = [("grpc.ssl_target_name_override", "localhost")]
-        async with grpc.aio.secure_channel(f"127.0.0.1:{port}", creds, options=opts) as ch:
-            await rpc_pb2_grpc.KVStub(ch).Put(pb.PutRequest(key=b"k", value=b"v"))
+        # the CLI's --insecure-skip-tls-verify: trust the certificate the daemon presents
+        skip = Credentials(insecure_skip_tls_verify=True)
+        conn = await asyncio.to_thread(dial, f"127.0.0.1:{port}", skip, 5.0)
+        try:
+            stub = rpc_pb2_grpc.KVStub(conn.channel)
+            await asyncio.to_thread(stub.Put, pb.PutRequest(key=b"k", value=b"v"), timeout=5)
+        finally:
+            conn.close()
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:  # plaintext: no answer
             err = await _refused(rpc_pb2_grpc.KVStub(ch).Range(pb.RangeRequest(key=b"k"), timeout=2))
             assert err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
