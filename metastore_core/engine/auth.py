@@ -186,6 +186,9 @@ class AuthStore:
         """At apply time: may auth run command against the auth state of this moment?"""
         if not self.enabled or auth is None:
             return
+        if type(command) is pb.PutRequest and not command.prev_kv and not command.lease:
+            self.check_access(auth, WRITE, command.key)  # the common write, without the walkers
+            return
         if isinstance(command, ADMIN_COMMANDS):
             self.check_admin(auth)
             return

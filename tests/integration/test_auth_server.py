@@ -13,6 +13,7 @@ import pytest
 import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from metastore_cli.stats import rows
 from metastore_core import errors
 from metastore_core.config import Config
 from metastore_core.member.auth import RateLimit
@@ -21,7 +22,9 @@ from metastore_core.pb.authpb import auth_pb2 as apb
 from metastore_core.pb.etcdserverpb import rpc_pb2 as pb
 from metastore_core.pb.etcdserverpb import rpc_pb2_grpc
 from metastore_core.pb.metastore.admin.v1 import admin_pb2, admin_pb2_grpc
+from metastore_core.pb.v3lockpb import v3lock_pb2, v3lock_pb2_grpc
 from metastore_core.server.app import Server
+from metastore_core.server.figures import exposure_warnings
 from metastore_core.server.layers.auth import AuthLayer
 from metastore_core.server.methods import Call, method_info
 from metastore_core.storage.memory import MemoryStorage
@@ -291,3 +294,35 @@ def test_authenticate_is_rate_limited_per_address() -> None:
     assert limit.admit("10.0.0.1")
     limit.charge("10.0.0.1", 0.3)
     assert not limit.admit("10.0.0.1")
+
+
+@SHARED
+async def test_lock_needs_permission_on_the_names_keys(setup: tuple[Server, Client]) -> None:
+    server, c = setup
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.ports[0]}") as ch:
+        lock = v3lock_pb2_grpc.LockStub(ch)
+        held = await lock.Lock(v3lock_pb2.LockRequest(name=b"app/lock"), metadata=c.md("alice"))
+        assert held.key.startswith(b"app/lock/")
+        await lock.Unlock(v3lock_pb2.UnlockRequest(key=held.key), metadata=c.md("alice"))
+        await _refused(
+            lock.Lock(v3lock_pb2.LockRequest(name=b"secret"), metadata=c.md("alice")), SC.PERMISSION_DENIED
+        )
+
+
+def test_exposure_is_said_loudly() -> None:
+    def cfg(*urls: str) -> Config:
+        return Config(listen_client_urls=list(urls))
+
+    assert (
+        exposure_warnings(cfg("http://127.0.0.1:2379", "http://[::1]:2380", "http://localhost:1"), False)
+        == []
+    )
+    said = exposure_warnings(cfg("http://0.0.0.0:2379", "https://10.0.0.5:2379"), False)
+    assert said == [
+        "http://0.0.0.0:2379 serves plaintext to the network: anyone on the path reads tokens and data",
+        "http://0.0.0.0:2379 is open to the network with auth off: anyone can read and write every key",
+        "https://10.0.0.5:2379 is open to the network with auth off: anyone can read and write every key",
+    ]
+    assert exposure_warnings(cfg("https://10.0.0.5:2379"), True) == []
+    stats = admin_pb2.GetStatsResponse(warnings=said[:1])
+    assert ("daemon", "WARNING", said[0]) in rows(stats)
