@@ -66,7 +66,9 @@ async def test_jwt_tokens_carry_etcds_claims_and_go_stale_on_auth_changes(tmp_pa
                 "etcdserver: revision of auth store is old",
             )
             forged = jwt.encode(
-                {"username": "root", "revision": 99, "exp": 2**40}, "guess", algorithm="HS256"
+                {"username": "root", "revision": 99, "exp": 2**40},
+                "a guessed secret, long enough for HS256!",
+                algorithm="HS256",
             )
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await kv.Put(pb.PutRequest(key=b"k", value=b"w"), metadata=[("token", forged)])
