@@ -237,7 +237,7 @@ async def test_admin_and_maintenance_need_root(setup: tuple[Server, Client]) -> 
     ) == ["app"]
 
 
-async def test_an_invalid_token_is_refused_with_auth_off() -> None:
+async def test_an_invalid_token_is_refused_with_auth_off_and_disable_ends_tokens() -> None:
     server = Server(_config())
     await server.start()
     try:
@@ -250,6 +250,13 @@ async def test_an_invalid_token_is_refused_with_auth_off() -> None:
                 SC.FAILED_PRECONDITION,
                 "etcdserver: authentication is not enabled",
             )
+            # tokens end with auth: after a disable, an old token names no one
+            await c.auth.UserAdd(pb.AuthUserAddRequest(name="root", password=PASSWORDS["root"]))
+            await c.auth.UserGrantRole(pb.AuthUserGrantRoleRequest(user="root", role="root"))
+            await c.auth.AuthEnable(pb.AuthEnableRequest())
+            md = await c.login("root")
+            await c.auth.AuthDisable(pb.AuthDisableRequest(), metadata=md)
+            await _refused(c.kv.Range(pb.RangeRequest(key=b"k"), metadata=md), SC.UNAUTHENTICATED)
     finally:
         await server.stop()
 

@@ -10,6 +10,7 @@ import pytest
 from metastore_core import errors
 from metastore_core.engine.auth import ANONYMOUS, covered, span
 from metastore_core.engine.entry import AuthInfo
+from metastore_core.mvcc.hashing import hash_all, hash_kv
 from metastore_core.pb.authpb import auth_pb2 as apb
 from metastore_core.pb.etcdserverpb import rpc_pb2 as pb
 from metastore_core.storage import layout as L
@@ -196,3 +197,21 @@ def test_auth_state_is_persisted_with_its_revision(e: Engine) -> None:
     assert list(e.auth.users["alice"].roles) == [] and e.storage.get(L.role_key("r")) is None
     e.write(pb.AuthDisableRequest())
     assert e.auth.revision == before + 2 and e.storage.get(L.META_AUTH_ENABLED) == b"0"
+
+
+def test_hash_covers_the_auth_records(e: Engine) -> None:
+    """Maintenance.Hash (the whole logical store) changes with users and roles; HashKV does not."""
+
+    def hashes() -> tuple[int, int]:
+        view, s = e.storage.view(), e.store
+        try:
+            return hash_all(view, s.codec, s.committed_rev, s.compact_rev), hash_kv(
+                view, s.codec, s.committed_rev, 0
+            )
+        finally:
+            view.close()
+
+    before = hashes()
+    e.write(pb.AuthRoleAddRequest(name="extra"))
+    after = hashes()
+    assert after[0] != before[0] and after[1] == before[1]
