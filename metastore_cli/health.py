@@ -15,10 +15,10 @@ import typer
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from typer.core import TyperCommand
 
+from metastore_cli.connect import Credentials, dial, with_credentials
 from metastore_cli.ops import (
     ascii_table,
     check_write_out,
-    dial,
     dump_json,
     endpoints_option,
     parse_endpoints,
@@ -41,12 +41,14 @@ class ProbeCommand(TyperCommand):
             raise
 
 
-def probe(endpoint: str, service: str, connect_timeout: float, rpc_timeout: float) -> dict[str, Any]:
-    """One endpoint's result: endpoint, code, status, took, error."""
+def probe(
+    endpoint: str, service: str, connect_timeout: float, rpc_timeout: float, creds: Credentials | None = None
+) -> dict[str, Any]:
+    """One endpoint's result: endpoint, code, status, took, error (health needs no user)."""
     result: dict[str, Any] = {"endpoint": endpoint, "service": service}
     t0 = time.monotonic()
     try:
-        ch = dial(endpoint, connect_timeout)
+        ch = dial(endpoint, creds or Credentials(), connect_timeout).channel
     except grpc.FutureTimeoutError:
         result.update(code=CONNECTION, error=f"failed to connect to {endpoint} within {connect_timeout:g}s")
         return result
@@ -81,6 +83,7 @@ def probe(endpoint: str, service: str, connect_timeout: float, rpc_timeout: floa
     return result
 
 
+@with_credentials(auth=False)
 def health(
     endpoints: str = endpoints_option(),
     service: str = typer.Option("", "--service", help='Service name to check ["" = the whole server].'),
@@ -91,6 +94,7 @@ def health(
         5.0, "--rpc-timeout", "--command-timeout", help="Seconds for the Check RPC [5]."
     ),
     write_out: str = write_out_option(),
+    creds: Credentials = Credentials(),
 ) -> None:
     """Probe gRPC health: exit 0 serving, 1 bad args, 2 no connection, 3 RPC failed, 4 not serving."""
     try:
@@ -101,7 +105,7 @@ def health(
     except typer.BadParameter as exc:
         typer.echo(f"Error: {exc.format_message()}", err=True)
         raise typer.Exit(BAD_ARGS) from None
-    results = [probe(ep, service, connect_timeout, rpc_timeout) for ep in eps]
+    results = [probe(ep, service, connect_timeout, rpc_timeout, creds) for ep in eps]
     if write_out == "json":
         typer.echo(dump_json(results if len(results) > 1 else results[0]))
     elif write_out == "table":

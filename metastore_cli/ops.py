@@ -1,4 +1,5 @@
-"""Shared pieces of the operator commands (stop, health, stats): endpoints, dialing, printers.
+"""Shared pieces of the operator commands (stop, health, stats): endpoints, printers (dialing is
+connect.py's).
 
 The commands fetch; printers format (simple, json, table), as etcdctl's do.
 JSON follows etcdctl's Go encoding: snake_case field names, integers as
@@ -12,7 +13,6 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-import grpc
 import typer
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
@@ -30,7 +30,7 @@ def endpoints_option() -> Any:
         "127.0.0.1:2379",
         "--endpoints",
         envvar="METASTORE_ENDPOINTS",
-        help="Comma-separated gRPC endpoints (HOST:PORT or http://HOST:PORT).",
+        help="Comma-separated gRPC endpoints (HOST:PORT, http://HOST:PORT or https://HOST:PORT).",
     )
 
 
@@ -59,17 +59,6 @@ def check_write_out(value: str) -> str:
     if value not in WRITE_OUT:
         raise typer.BadParameter(f"{value!r}: want one of {', '.join(WRITE_OUT)}", param_hint="-w")
     return value
-
-
-def dial(endpoint: str, timeout: float) -> grpc.Channel:
-    """A ready channel, or grpc.FutureTimeoutError after timeout seconds."""
-    ch = grpc.insecure_channel(endpoint)
-    try:
-        grpc.channel_ready_future(ch).result(timeout=timeout)
-    except grpc.FutureTimeoutError:
-        ch.close()
-        raise
-    return ch
 
 
 def fail(message: str, code: int) -> typer.Exit:

@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc
 import typer
 
+from metastore_cli.connect import Credentials, dial, with_credentials
 from metastore_core.config import host_port
 from metastore_core.pb.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 from metastore_core.storage import snapshot as S
@@ -58,6 +59,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 @app.command()
+@with_credentials()
 def save(
     file: Path = typer.Argument(..., help="Where to write the snapshot."),
     endpoints: str = typer.Option(
@@ -66,23 +68,26 @@ def save(
     dial_timeout: float = typer.Option(
         5.0, "--dial-timeout", envvar="METASTORE_DIAL_TIMEOUT", help="Seconds to wait for a connection."
     ),
+    creds: Credentials = Credentials(),
 ) -> None:
     """Stream a consistent snapshot from a daemon to FILE (via FILE.part, fsynced, then renamed)."""
     endpoint = _one_endpoint(endpoints)
     part = file.with_name(file.name + ".part")
     progress = None
     try:
-        with grpc.insecure_channel(endpoint, options=[("grpc.max_receive_message_length", 1 << 30)]) as ch:
-            try:
-                grpc.channel_ready_future(ch).result(timeout=dial_timeout)
-            except grpc.FutureTimeoutError:
-                raise _fail(f"cannot connect to {endpoint}", EXIT_BAD_CONNECTION) from None
-            stub = rpc_pb2_grpc.MaintenanceStub(ch)
+        try:
+            conn = dial(endpoint, creds, dial_timeout, [("grpc.max_receive_message_length", 1 << 30)])
+        except grpc.FutureTimeoutError:
+            raise _fail(f"cannot connect to {endpoint}", EXIT_BAD_CONNECTION) from None
+        except grpc.RpcError as exc:
+            raise _fail(str(exc.details()), EXIT_BAD_CONNECTION) from None
+        with conn.channel:
+            stub = rpc_pb2_grpc.MaintenanceStub(conn.channel)
             digest = hashlib.sha256()
             received = 0
             last = b""  # the newest message is held back: the final one is the SHA-256 trailer
             with open(part, "wb") as out:
-                for msg in stub.Snapshot(rpc_pb2.SnapshotRequest()):
+                for msg in stub.Snapshot(rpc_pb2.SnapshotRequest(), metadata=conn.metadata):
                     if progress is None and sys.stderr.isatty():
                         progress = _Progress(received + len(msg.blob) + msg.remaining_bytes + S.TRAILER)
                     digest.update(last)

@@ -11,11 +11,11 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
+from metastore_cli.connect import Credentials, dial, with_credentials
 from metastore_cli.ops import (
     EXIT_BAD_CONNECTION,
     EXIT_SERVER_ERROR,
     check_write_out,
-    dial,
     dump_json,
     endpoints_option,
     fail,
@@ -57,6 +57,7 @@ def rows(s: admin_pb2.GetStatsResponse) -> list[tuple[str, str, str]]:
         ("daemon", "uptime", human_duration(s.uptime_seconds)),
         ("daemon", "health", health),
         ("daemon", "alarms", alarms),
+        *[("daemon", "WARNING", w) for w in s.warnings],
         ("limits", "connections", f"{s.connections_current} / {s.connections_max}"),
         ("limits", "requests in flight", f"{s.requests_current} / {s.requests_max} (peak {s.requests_peak})"),
         ("limits", "requests refused", str(s.requests_refused)),
@@ -100,21 +101,25 @@ def rich_table(endpoint: str, s: admin_pb2.GetStatsResponse) -> Table:
     last = None
     for section, figure, value in rows(s):
         style = None
-        if (figure == "health" and not s.serving) or (figure == "alarms" and s.alarms):
+        if (figure == "health" and not s.serving) or (figure == "alarms" and s.alarms) or figure == "WARNING":
             style = "bold red"
         table.add_row(section if section != last else "", figure, value, style=style)
         last = section
     return table
 
 
-def fetch(endpoint: str, dial_timeout: float, command_timeout: float) -> admin_pb2.GetStatsResponse:
-    ch = dial(endpoint, dial_timeout)
+def fetch(
+    endpoint: str, creds: Credentials, dial_timeout: float, command_timeout: float
+) -> admin_pb2.GetStatsResponse:
+    conn = dial(endpoint, creds, dial_timeout)
     try:
-        return admin_pb2_grpc.AdminStub(ch).GetStats(admin_pb2.GetStatsRequest(), timeout=command_timeout)
+        stub = admin_pb2_grpc.AdminStub(conn.channel)
+        return stub.GetStats(admin_pb2.GetStatsRequest(), timeout=command_timeout, metadata=conn.metadata)
     finally:
-        ch.close()
+        conn.close()
 
 
+@with_credentials()
 def stats(
     endpoints: str = endpoints_option(),
     write_out: str = write_out_option(),
@@ -124,6 +129,7 @@ def stats(
     ),
     dial_timeout: float = typer.Option(2.0, "--dial-timeout", help="Seconds to connect [2]."),
     command_timeout: float = typer.Option(5.0, "--command-timeout", help="Seconds for the RPC [5]."),
+    creds: Credentials = Credentials(),
 ) -> None:
     """Show limits, panic and validation error counts, storage, watch and lease figures."""
     check_write_out(write_out)
@@ -133,7 +139,7 @@ def stats(
         out = []
         for ep in eps:
             try:
-                out.append((ep, fetch(ep, dial_timeout, command_timeout)))
+                out.append((ep, fetch(ep, creds, dial_timeout, command_timeout)))
             except grpc.FutureTimeoutError:
                 raise fail(f"cannot connect to {ep} within {dial_timeout:g}s", EXIT_BAD_CONNECTION) from None
             except grpc.RpcError as exc:

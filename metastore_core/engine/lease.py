@@ -131,6 +131,11 @@ class Lessor:
     def get(self, lease_id: int) -> Lease | None:
         return self.leases.get(lease_id)
 
+    def keys_of(self, lease_id: int) -> list[bytes]:
+        """The keys attached to a lease, sorted (none for an unknown lease)."""
+        lease = self.leases.get(lease_id)
+        return sorted(lease.keys) if lease is not None else []
+
     def require(self, lease_id: int) -> Lease:
         lease = self.leases.get(lease_id)
         if lease is None:

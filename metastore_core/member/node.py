@@ -21,11 +21,14 @@ from metastore_core import errors
 from metastore_core.config import Config
 from metastore_core.engine.alarms import Alarms
 from metastore_core.engine.apply import Applier
+from metastore_core.engine.auth import AuthStore
 from metastore_core.engine.autocompact import make_policy
 from metastore_core.engine.entry import AuthInfo, Command, Entry
+from metastore_core.engine.keyrange import READ
 from metastore_core.engine.lease import Lessor
 from metastore_core.engine.ranges import range_at
 from metastore_core.engine.watch import WatchHub, WatchLimits, WatchSession
+from metastore_core.member.auth import Auth
 from metastore_core.member.committer import Committer, Listener
 from metastore_core.member.compactor import AutoCompactor, Compactor
 from metastore_core.member.consensus import Consensus, MemberInfo
@@ -35,6 +38,7 @@ from metastore_core.member.integrity import Integrity
 from metastore_core.member.leases import Leases
 from metastore_core.member.maintenance import Maintenance, in_use
 from metastore_core.member.single import SingleNode
+from metastore_core.member.tokens import make_provider
 from metastore_core.mvcc.store import MVCCStore
 from metastore_core.pb.etcdserverpb import rpc_pb2 as pb
 from metastore_core.storage import Storage
@@ -79,7 +83,8 @@ class Node:
         store.incremental_compaction = True
         self._lessor = lessor = Lessor(store)
         self._alarms = alarms = Alarms(store)
-        self._applier = Applier(store, lessor, alarms, clock)
+        self._auth_store = auth_store = AuthStore(store, lessor.keys_of)
+        self._applier = Applier(store, lessor, alarms, clock, auth_store)
         self._committer = committer = Committer(store, sync=config.fsync)
         self._consensus: Consensus = SingleNode(
             store, self._applier, committer, self._member_info, self.load, self._on_applied
@@ -109,6 +114,8 @@ class Node:
         self._auto = AutoCompactor(store, policy, self.write, is_leader)
         self._leases = Leases(lessor, clock, self.write, is_leader, config.lease_checkpoint_interval_s)
         self._maintenance = Maintenance(store)
+        tokens = make_provider(config.auth_token, config.auth_token_ttl_s, clock)
+        self.auth = Auth(auth_store, tokens, self.write, config.bcrypt_cost)
         self._integrity = Integrity(store, guard.report_corruption, config.corrupt_check_interval_s)
         self.figures = MemberFigures(
             store, lessor, alarms, self._hub, committer, guard, self._leases, self._compactor, self._auto,
@@ -122,6 +129,7 @@ class Node:
         self._store.load()
         self._lessor.load(self._clock())
         self._alarms.load()
+        self._auth_store.load()
 
     async def check_integrity_on_start(self) -> None:
         """--corrupt-check-on-start: scrub every record; raises StorageError on corruption."""
@@ -191,6 +199,7 @@ class Node:
         """A Range at r.revision (0: current), after the read barrier unless serializable."""
         if not r.serializable:
             await self._consensus.read_index()
+        self._auth_store.check_access(auth, READ, r.key, r.range_end)  # no await from here on
         store = self._store
         resp = range_at(store, r, store.check_rev(r.revision))
         self.header(resp.header, store.committed_rev)
@@ -240,8 +249,17 @@ class Node:
         self.header(resp.header)
         return resp
 
-    def lease_time_to_live(self, r: pb.LeaseTimeToLiveRequest) -> pb.LeaseTimeToLiveResponse:
+    def lease_time_to_live(
+        self, r: pb.LeaseTimeToLiveRequest, auth: AuthInfo | None = None
+    ) -> pb.LeaseTimeToLiveResponse:
+        """With keys: only the keys the caller may read (CVE-2023-32082 listed them all)."""
         resp = self._leases.time_to_live(r)
+        s = self._auth_store
+        if resp.keys and s.enabled and auth is not None:
+            s.check_user(auth)
+            readable = [k for k in resp.keys if s.allowed(auth.user, READ, k)]
+            del resp.keys[:]
+            resp.keys.extend(readable)
         self.header(resp.header)
         return resp
 
@@ -261,6 +279,10 @@ class Node:
     def watch_close(self, session: WatchSession) -> None:
         self._hub.close(session)
 
+    def check_watch(self, auth: AuthInfo | None, key: bytes, end: bytes) -> None:
+        """May auth watch (key, end)? The whole range must be readable (open-ended too)."""
+        self._auth_store.check_access(auth, READ, key or b"\0", end)
+
     async def _watch_progress(self) -> None:
         """Periodic progress notifications (etcd: every 10 minutes by default)."""
         while True:
@@ -268,8 +290,9 @@ class Node:
             self._hub.progress_tick()
 
     # ---------------------------------------------------------------- alarms and failures
-    async def alarm(self, r: pb.AlarmRequest) -> pb.AlarmResponse:
-        """GET lists alarms; ACTIVATE and DEACTIVATE are commands through apply (no header, as etcd)."""
+    async def alarm(self, r: pb.AlarmRequest, auth: AuthInfo | None = None) -> pb.AlarmResponse:
+        """GET lists alarms; ACTIVATE and DEACTIVATE are commands through apply (no header, as etcd)
+        and, with auth on, root's alone."""
         if not 0 <= r.alarm <= pb.CORRUPT:
             raise errors.InvalidRequest(f"etcdserver: invalid alarm type {r.alarm}")
         if r.action == _ALARM.GET:
@@ -281,7 +304,7 @@ class Node:
         guard = self._guard
         failed = guard.failure is not None
         try:
-            await self._consensus.propose(r)
+            await self._consensus.propose(r, auth)
         except errors.StorageFailed:
             if not failed:
                 raise
@@ -328,6 +351,10 @@ class Node:
         except Exception as exc:
             return f"probe failed: {exc}"
         return None
+
+    def check_admin(self, auth: AuthInfo | None) -> None:
+        """With auth on, only root (maintenance calls that read or reshape the whole store)."""
+        self._auth_store.check_admin(auth)
 
     # ---------------------------------------------------------------- maintenance
     def status(self) -> pb.StatusResponse:

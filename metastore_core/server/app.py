@@ -10,21 +10,26 @@ of lifecycle.py; this file only says which hook runs in which phase.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import resource
+import signal
+import tempfile
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 
 import grpc
 
-from metastore_core.config import Config
+from metastore_core.config import Config, is_https, split_url
 from metastore_core.member.node import Node
 from metastore_core.server import listeners, rpc
 from metastore_core.server.catalog import Service, build_services
-from metastore_core.server.figures import Figures
+from metastore_core.server.figures import Figures, exposure_warnings
 from metastore_core.server.healthcheck import HealthMonitor, storage_checker, task_checker
 from metastore_core.server.http import HttpEndpoint
 from metastore_core.server.layers import reliability_layers
+from metastore_core.server.layers.auth import AuthLayer
 from metastore_core.server.layers.limits import Limiter, MemoryMonitor
 from metastore_core.server.layers.metrics import RequestMetrics, make_registry
 from metastore_core.server.layers.recovery import Recovery
@@ -40,6 +45,7 @@ from metastore_core.server.lifecycle import (
 from metastore_core.server.methods import Layer
 from metastore_core.server.services import faults
 from metastore_core.server.services.health import NOT_SERVING, HealthService
+from metastore_core.server.tls import Certificates, TLSFiles, auto_tls
 from metastore_core.storage import Storage
 from metastore_core.storage import layout as L
 from metastore_core.storage.base import StorageError
@@ -51,6 +57,7 @@ log = logging.getLogger("metastore")
 
 TASK_RESTARTS = 5
 LEASE_LOOPS = ("lease-expiry", "lease-checkpoints")
+TLS_CHECK_S = 2.0  # how often the certificate files are checked for changes
 
 
 def open_storage(config: Config, datadir: DataDir | None) -> Storage:
@@ -88,8 +95,11 @@ class Server:
         self.limiter = Limiter(config.max_concurrent_requests, config.request_timeout_s)
         self.memory = MemoryMonitor(config.max_memory_bytes, config.memory_check_interval_s)
         self.metrics = RequestMetrics()
+        self.auth = AuthLayer(client_cert_auth=config.client_cert_auth)
         self.layers: list[Layer] = (
-            reliability_layers(self.recovery, self.limiter, self.metrics) if layers is None else list(layers)
+            reliability_layers(self.recovery, self.limiter, self.metrics, self.auth)
+            if layers is None
+            else list(layers)
         )
         self.lifecycle = Lifecycle(config.shutdown_timeout_s)
         self.health = HealthService()
@@ -99,6 +109,8 @@ class Server:
         self.storage: Storage | None = None
         self.node: Node | None = None
         self.grpc: grpc.aio.Server | None = None
+        self.tls: Certificates | None = None
+        self._tls_dir: tempfile.TemporaryDirectory[str] | None = None
         self.ports: list[int] = []
         self.services: list[Service] = []
         self._grpc_stop: asyncio.Future[None] | None = None
@@ -126,6 +138,7 @@ class Server:
         try:
             self.storage = open_storage(cfg, self.datadir)
             self.node = node = Node(self.storage, cfg, spawn=self._spawn)
+            self.auth.node = node
             try:
                 await asyncio.to_thread(node.load)
             except L.CorruptRecord as exc:
@@ -155,7 +168,9 @@ class Server:
             ]
             for name in ["", *self.monitor.service_names]:
                 self.health.set(name, NOT_SERVING)
-            self.ports.extend(listeners.bind_client_urls(self.grpc, cfg.listen_client_urls))
+            self.tls = self._certificates()
+            creds = self.tls.grpc_credentials() if self.tls is not None else None
+            self.ports.extend(listeners.bind_client_urls(self.grpc, cfg.listen_client_urls, creds))
             await self._start_http(figures)
             await self.grpc.start()
             self._start_tasks(node)
@@ -169,6 +184,8 @@ class Server:
             await self.recovery.stop_tasks()
             await self._release()
             raise
+        for warning in self.warnings():
+            log.warning("%s", warning)
         f = node.figures
         log.info(
             "serving on %s (backend %s, data dir %s, revision %d, member %x)",
@@ -178,6 +195,35 @@ class Server:
             f.revision,
             f.member_id,
         )
+
+    def warnings(self) -> list[str]:
+        """Exposure warnings, as the log at start and `metastore stats` show them."""
+        return exposure_warnings(self.config, self.node is not None and self.node.auth.enabled)
+
+    def _certificates(self) -> Certificates | None:
+        cfg = self.config
+        urls = [*cfg.listen_client_urls, *cfg.listen_metrics_urls]
+        if not any(is_https(u) for u in urls):
+            return None
+        if cfg.cert_file:
+            ca = Path(cfg.trusted_ca_file) if cfg.trusted_ca_file else None
+            files = TLSFiles(Path(cfg.cert_file), Path(cfg.key_file), ca, cfg.client_cert_auth)
+        elif cfg.auto_tls:
+            if self.datadir is not None:
+                where = self.datadir.path / "fixtures" / "client"
+            else:
+                self._tls_dir = tempfile.TemporaryDirectory(prefix="metastore-tls-")
+                where = Path(self._tls_dir.name)
+            files = auto_tls(where, [split_url(u)[0] for u in urls])
+        else:
+            raise ValueError("https:// URLs need --cert-file and --key-file, or --auto-tls")
+        return Certificates(files)
+
+    async def _watch_certificates(self) -> None:
+        while True:
+            await asyncio.sleep(TLS_CHECK_S)
+            if self.tls is not None:
+                await asyncio.to_thread(self.tls.reload)
 
     async def _start_http(self, figures: Figures) -> None:
         figures.register(self.metrics)
@@ -190,8 +236,9 @@ class Server:
         )
         for url in self.config.listen_metrics_urls:
             host, port = listeners.parse_url(url, "--listen-metrics-urls")
+            context = self.tls.ssl_context() if self.tls is not None and is_https(url) else None
             try:
-                await self.http.start(host, port)
+                await self.http.start(host, port, context)
             except OSError as exc:
                 raise OSError(f"cannot listen on {url} for metrics: {exc}") from None
 
@@ -207,6 +254,8 @@ class Server:
         rec.safe_spawn_with_restart("health-monitor", self.monitor.run, 1000)
         rec.safe_spawn_with_restart("memory-monitor", self.memory.run, 1000)
         rec.safe_spawn_with_restart("request-timeouts", self.limiter.run_timeouts, 1000)
+        if self.tls is not None:
+            rec.safe_spawn_with_restart("tls-reload", self._watch_certificates, 1000)
 
     # ------------------------------------------------------------------ stop
     def _register_shutdown(self, node: Node) -> None:
@@ -266,7 +315,10 @@ class Server:
 
     async def serve_until_stopped(self) -> int:
         """Serve until a signal, `metastore stop` or the Shutdown RPC; then shut down."""
-        self.lifecycle.install_signal_handlers(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        self.lifecycle.install_signal_handlers(loop)
+        if self.tls is not None:  # SIGHUP: re-read the certificates now (etcd users expect it)
+            loop.add_signal_handler(signal.SIGHUP, self.tls.reload, True)
         await self.lifecycle.requested.wait()
         return await self.shutdown()
 
@@ -280,3 +332,6 @@ class Server:
             self.storage.close()
         if self.datadir is not None:
             self.datadir.release()
+        if self._tls_dir is not None:
+            with contextlib.suppress(OSError):
+                self._tls_dir.cleanup()

@@ -6,7 +6,8 @@ Key space (one byte of prefix, then the rest):
     m <name>                       meta values (ids, revisions, format)
     l <lease id:8 BE>              a lease: record(ttl:8, remaining:8)
     a <member:8 BE> <alarm:1>      an active alarm (empty value)
-    u <name> / r <name>            auth users and roles (authpb records)
+    u <name> / r <name>            auth users and roles (authpb records, no CRC framing:
+                                   Hash folds them as they are)
 
 A record is the payload, prefixed with its CRC32C when CRC is on. The
 format header (meta "format" and "crc") says which, so a store written with
@@ -94,6 +95,16 @@ def lease_value(ttl: int, remaining: int) -> bytes:
 def parse_lease_value(b: bytes) -> tuple[int, int]:
     ttl, remaining = _LEASE.unpack(b)
     return int(ttl), int(remaining)
+
+
+def user_key(name: str) -> bytes:
+    """A user's record: authpb.User (its password field holds a bcrypt hash, never a password)."""
+    return USER_PREFIX + name.encode()
+
+
+def role_key(name: str) -> bytes:
+    """A role's record: authpb.Role."""
+    return ROLE_PREFIX + name.encode()
 
 
 def alarm_key(member_id: int, alarm: int) -> bytes:
