@@ -14,6 +14,8 @@ import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from google.protobuf.message import DecodeError
+
 from metastore_core import errors
 from metastore_core.mvcc.index import Index, KeyHistory, entry_main, entry_sub, is_tombstone, pack
 from metastore_core.pb.mvccpb.kv_pb2 import Event, KeyValue
@@ -52,6 +54,17 @@ class _Staged:
 
 def _new_id() -> int:
     return secrets.randbits(63) | 1
+
+
+def _decode(payload: bytes, skey: bytes, main: int) -> KeyValue:
+    """The KeyValue a record holds, which must decode and agree with its revision key."""
+    try:
+        kv = KeyValue.FromString(payload)
+    except DecodeError:
+        raise L.CorruptRecord(f"undecodable record {skey!r}") from None
+    if kv.mod_revision != main or len(skey) not in (17, 18):
+        raise L.CorruptRecord(f"record {skey!r} says mod_revision {kv.mod_revision}, its key says {main}")
+    return kv
 
 
 class MVCCStore:
@@ -120,7 +133,7 @@ class MVCCStore:
             for skey, record in view.scan(start, stop):
                 main, sub, tomb = L.parse_rev_key(skey)
                 payload = self.codec.decode(record, skey)
-                kv = KeyValue.FromString(payload)
+                kv = _decode(payload, skey, main)
                 h = histories.get(kv.key)
                 if h is None:
                     h = histories[kv.key] = KeyHistory()

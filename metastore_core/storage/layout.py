@@ -18,6 +18,8 @@ from __future__ import annotations
 import struct
 import zlib
 
+from metastore_core.storage.base import StorageError
+
 FORMAT_VERSION = b"1"
 
 REV_PREFIX = b"k"
@@ -104,8 +106,9 @@ def parse_alarm_key(key: bytes) -> tuple[int, int]:
     return int(_U64.unpack_from(key, 1)[0]), key[9]
 
 
-class CorruptRecord(Exception):
-    """A stored record failed its CRC check."""
+class CorruptRecord(StorageError):
+    """Stored bytes failed a check (our record CRC, LevelDB's block checksum, a record that does
+    not decode or disagrees with its key): never served, answered with DATA_LOSS."""
 
 
 class RecordCodec:
