@@ -94,7 +94,10 @@ class Config:
             STORAGE,
             "Data directory, created with mode 0700.",
             metavar="DIR",
-            more="One daemon per directory: a second one exits at once naming the holder's PID.",
+            more="One daemon per directory: a second one exits at once naming the holder's PID. "
+            "An existing directory must be empty or a metastore data dir (it holds "
+            "metastore.datadir); it is used as it is, never chmod'ed, and its store (db/) is "
+            "created 0700. A data dir whose store is missing is refused and left untouched.",
         ),
     )
     name: str = declare("default", Setting("name", STORAGE, "Member name, shown by etcdctl member list."))

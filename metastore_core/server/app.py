@@ -43,7 +43,7 @@ from metastore_core.server.services.health import NOT_SERVING, HealthService
 from metastore_core.storage import Storage
 from metastore_core.storage import layout as L
 from metastore_core.storage.base import StorageError
-from metastore_core.storage.datadir import DataDir
+from metastore_core.storage.datadir import DataDir, Store
 from metastore_core.storage.leveldb import LevelDBStorage
 from metastore_core.storage.memory import MemoryStorage
 
@@ -58,7 +58,7 @@ def open_storage(config: Config, datadir: DataDir | None) -> Storage:
         return MemoryStorage()
     if config.backend == "leveldb":
         assert datadir is not None
-        return LevelDBStorage(datadir.db_path)
+        return LevelDBStorage(datadir.db_path, create=datadir.store is Store.NEW)
     raise ValueError(f"unknown backend {config.backend!r}: want leveldb or memory")
 
 
@@ -130,6 +130,8 @@ class Server:
                 await asyncio.to_thread(node.load)
             except L.CorruptRecord as exc:
                 raise StorageError(f"data is corrupt ({exc}); refusing to start") from None
+            if self.datadir is not None:
+                self.datadir.mark()  # the store exists: from now on a missing one is refused
             if cfg.corrupt_check_on_start:
                 await node.check_integrity_on_start()
             self.recovery.on_corrupt = node.report_corruption

@@ -62,17 +62,20 @@ class LevelDBStorage:
 
     name = "leveldb"
 
-    def __init__(self, path: Path, *, cache_bytes: int = 64 << 20) -> None:
+    def __init__(self, path: Path, *, cache_bytes: int = 64 << 20, create: bool = True) -> None:
+        """create=False refuses a missing store instead of starting an empty one (datadir.py)."""
         self.path = path
         self._cache_bytes = cache_bytes
+        self._create = create
         self._db = self._open()
+        self._create = False  # a reopen must find the store it had
 
     def _open(self) -> Any:
         path, cache_bytes = self.path, self._cache_bytes
         try:
             return plyvel.DB(
                 str(path),
-                create_if_missing=True,
+                create_if_missing=self._create,
                 paranoid_checks=True,
                 lru_cache_size=cache_bytes,
                 write_buffer_size=16 << 20,

@@ -378,11 +378,7 @@ def restore(
         storage.write(batch, sync=True)
         storage.close()
         storage = None
-        fd = os.open(target, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        dd.mark()
         return Header(
             header.revision,
             header.compact_revision,
