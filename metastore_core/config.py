@@ -211,6 +211,18 @@ class Config:
             inverted=True,
         ),
     )
+    unsafe_accept_lost_writes: bool = declare(
+        False,
+        Setting(
+            "unsafe-accept-lost-writes",
+            STORAGE,
+            "Start even when the store came back older than its last acknowledged write.",
+            more="A repair switch for one start, not for a config file: without it the daemon refuses "
+            "a store behind its watermark (<data-dir>/metastore.watermark; a truncated or deleted "
+            "write-ahead log) or a missing or damaged watermark. With it, the store starts at the "
+            "revision it has, the loss is logged, and a new watermark is written.",
+        ),
+    )
     # gRPC transport
     max_recv_bytes: int = declare(
         4 << 20,

@@ -37,6 +37,7 @@ from metastore_core import errors
 from metastore_core.mvcc.store import Drained, MVCCStore
 from metastore_core.pb.mvccpb.kv_pb2 import Event
 from metastore_core.storage.base import StorageError
+from metastore_core.storage.watermark import Mark, Watermark
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +52,11 @@ SLOW_BACKOFF_S = 60.0  # ...keeps writes off the event loop for this long
 class Committer:
     """Makes staged writes durable, in order, sharing fsyncs between requests."""
 
-    def __init__(self, store: MVCCStore, *, sync: bool = True) -> None:
+    def __init__(self, store: MVCCStore, *, sync: bool = True, watermark: Watermark | None = None) -> None:
         self.store = store
         self.sync = sync
+        # Written after each synced batch, before its waiters hear: storage/watermark.py.
+        self.watermark = watermark
         self.listeners: list[Listener] = []
         self.on_failure: list[Callable[[Exception], None]] = []
         self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], asyncio.Future[Any]] | None] = (
@@ -162,6 +165,11 @@ class Committer:
         start = time.monotonic()
         try:
             self.store.storage.write(d.batch, sync=self.sync)
+            if self.watermark is not None and self.sync:
+                try:
+                    self.watermark.write(Mark(d.index, d.rev))
+                except OSError as exc:  # the batch is on disk, but unconfirmed: not acknowledged
+                    raise StorageError(f"cannot write the watermark: {exc}") from exc
         finally:
             now = time.monotonic()
             if now - start > SLOW_WRITE_S:  # runs on either thread; one float store is atomic

@@ -35,6 +35,7 @@ class Drained:
     rev: int  # the newest main revision inside
     events: list[Event]
     seq: int  # staging sequence number covered
+    index: int  # the consistent index the batch brings the store to
 
 
 @dataclass
@@ -254,7 +255,7 @@ class MVCCStore:
             return None
         staged, self._staged = self._staged, _Staged()
         staged.batch.append((L.META_CONSISTENT_INDEX, L.u64(self.consistent_index)))
-        return Drained(staged.batch, self.applied_rev, staged.events, self.staged_seq)
+        return Drained(staged.batch, self.applied_rev, staged.events, self.staged_seq, self.consistent_index)
 
     def mark_durable(self, d: Drained) -> None:
         """The committer wrote d to disk: make it visible to readers."""

@@ -46,6 +46,7 @@ from metastore_core.storage.base import StorageError
 from metastore_core.storage.datadir import DataDir, Store
 from metastore_core.storage.leveldb import LevelDBStorage
 from metastore_core.storage.memory import MemoryStorage
+from metastore_core.storage.watermark import Mark, Watermark, WatermarkError
 
 log = logging.getLogger("metastore")
 
@@ -60,6 +61,22 @@ def open_storage(config: Config, datadir: DataDir | None) -> Storage:
         assert datadir is not None
         return LevelDBStorage(datadir.db_path, create=datadir.store is Store.NEW)
     raise ValueError(f"unknown backend {config.backend!r}: want leveldb or memory")
+
+
+def open_watermark(config: Config, datadir: DataDir, storage: Storage) -> Watermark:
+    """The data dir's watermark; a new one (from the store's own index) for a new or adopted dir."""
+    if datadir.marked:
+        try:
+            return Watermark.open(datadir.path)
+        except WatermarkError as exc:
+            if not config.unsafe_accept_lost_writes:
+                raise WatermarkError(
+                    f"{exc}: cannot tell whether acknowledged writes were lost; refusing to start "
+                    "(--unsafe-accept-lost-writes starts with a new watermark)"
+                ) from None
+            log.error("%s; writing a new one (--unsafe-accept-lost-writes)", exc)
+    index = L.parse_u64(storage.get(L.META_CONSISTENT_INDEX) or L.u64(0))
+    return Watermark.create(datadir.path, Mark(index, 0))
 
 
 def raise_fd_limit(max_connections: int) -> None:
@@ -125,7 +142,8 @@ class Server:
             self.lifecycle.previous = load_report(self.datadir.path)
         try:
             self.storage = open_storage(cfg, self.datadir)
-            self.node = node = Node(self.storage, cfg, spawn=self._spawn)
+            watermark = None if self.datadir is None else open_watermark(cfg, self.datadir, self.storage)
+            self.node = node = Node(self.storage, cfg, spawn=self._spawn, watermark=watermark)
             try:
                 await asyncio.to_thread(node.load)
             except L.CorruptRecord as exc:

@@ -40,6 +40,7 @@ from metastore_core.storage import layout as L
 from metastore_core.storage.base import StorageView
 from metastore_core.storage.datadir import DataDir
 from metastore_core.storage.leveldb import LevelDBStorage
+from metastore_core.storage.watermark import Mark, Watermark
 
 MAGIC = b"MSTSNAP\n"
 FORMAT_VERSION = 1
@@ -378,6 +379,7 @@ def restore(
         storage.write(batch, sync=True)
         storage.close()
         storage = None
+        Watermark.create(target, Mark(header.consistent_index, header.revision)).close()
         dd.mark()
         return Header(
             header.revision,
