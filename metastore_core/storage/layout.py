@@ -43,6 +43,8 @@ META_AUTH_ENABLED = b"mauth_enabled"
 META_AUTH_REVISION = b"mauth_revision"
 META_HEALTH_PROBE = b"mhealth_probe"  # health checker's write/read probe (no meaning)
 
+MAX_LEASE_TTL = 9_000_000_000  # seconds, etcd's MaxLeaseTTL: the largest TTL a lease record holds
+
 CRC_NONE = b"none"
 CRC_IEEE = b"crc32"
 
