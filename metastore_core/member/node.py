@@ -105,6 +105,7 @@ class Node:
             reload=self.load,
             spawn=spawn,
             quota=config.quota_backend_bytes,
+            watermark=watermark,
         )
         is_leader = self._consensus.is_leader
         self._compactor = Compactor(store, committer)
@@ -125,8 +126,15 @@ class Node:
         self._store.load()
         self._lessor.load(self._clock())
         self._alarms.load()
-        if self._watermark is not None:
-            settle_watermark(self._store, self._watermark, accept_lost=self._config.unsafe_accept_lost_writes)
+        watermark = self._watermark
+        if watermark is not None:
+            settle_watermark(self._store, watermark, accept_lost=self._config.unsafe_accept_lost_writes)
+            for alarm in sorted(watermark.mark.alarms):  # raised while the store took no writes
+                self._alarms.activate(self._store.ids.member_id, alarm)  # staged for the next batch
+
+    async def settle_kept_alarms(self) -> None:
+        """Start-up, after load: alarms the watermark kept go into the store (guard.py)."""
+        await self._guard.settle_kept_alarms()
 
     async def check_integrity_on_start(self) -> None:
         """--corrupt-check-on-start: scrub every record; raises StorageError on corruption."""
@@ -143,6 +151,7 @@ class Node:
             loops.append(Loop("auto-compaction", self._auto.run))
         if self._config.corrupt_check_interval_s > 0:
             loops.append(Loop("corrupt-check", self._integrity.run))
+        loops.append(Loop("storage-recovery", self._guard.run_recovery))
         return loops
 
     async def persist(self) -> None:

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
 
+from metastore_core import errors
 from metastore_core.config import Config
 from metastore_core.member.node import Node
 from metastore_core.server import listeners, rpc
@@ -152,6 +153,10 @@ class Server:
                 self.datadir.mark()  # the store exists: from now on a missing one is refused
             if cfg.corrupt_check_on_start:
                 await node.check_integrity_on_start()
+            try:
+                await node.settle_kept_alarms()
+            except (errors.StorageFailed, OSError) as exc:  # the alarm stands, writes are refused
+                log.error("could not write the alarms kept in the watermark: %s", exc)
             self.recovery.on_corrupt = node.report_corruption
             node.on_storage_failure(lambda exc: self.monitor.poke())
             self.memory.on_full = node.set_memory_full

@@ -72,7 +72,10 @@ class DataDir:
         """Check the dir is ours (creating it 0700 when missing) and take its lock, or raise."""
         path = self.path
         if not path.exists():
-            path.mkdir(mode=0o700, parents=True)
+            try:
+                path.mkdir(mode=0o700, parents=True)
+            except OSError as exc:
+                raise DataDirError(f"cannot create data dir {path}: {exc.strerror}") from None
         elif not path.is_dir():
             raise DataDirError(f"data dir {path} is not a directory")
         names = set(os.listdir(path))
@@ -112,7 +115,12 @@ class DataDir:
         return Store.NEW
 
     def _lock(self) -> None:
-        fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:  # EROFS, EACCES: a storage problem, not corruption
+            raise DataDirError(
+                f"data dir {self.path} is not writable ({exc.strerror}); refusing to start"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

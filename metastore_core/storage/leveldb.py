@@ -67,8 +67,17 @@ class LevelDBStorage:
         self.path = path
         self._cache_bytes = cache_bytes
         self._create = create
-        self._db = self._open()
+        self._db: Any = self._open()
         self._create = False  # a reopen must find the store it had
+        self._down = ""  # why there is no handle (a reopen failed)
+
+    @property
+    def _h(self) -> Any:
+        """The open handle; after a failed reopen there is none until a later one works."""
+        db = self._db
+        if db is None:
+            raise StorageError(f"LevelDB at {self.path} is closed: reopening it failed ({self._down})")
+        return db
 
     def _open(self) -> Any:
         path, cache_bytes = self.path, self._cache_bytes
@@ -85,13 +94,13 @@ class LevelDBStorage:
 
     def get(self, key: bytes) -> bytes | None:
         try:
-            return self._db.get(key, verify_checksums=True)
+            return self._h.get(key, verify_checksums=True)
         except plyvel.Error as exc:
             raise storage_error(exc) from exc
 
     def scan(self, start: bytes, stop: bytes, *, reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
         try:
-            with self._db.iterator(start=start, stop=stop, reverse=reverse, verify_checksums=True) as it:
+            with self._h.iterator(start=start, stop=stop, reverse=reverse, verify_checksums=True) as it:
                 yield from it
         except plyvel.Error as exc:
             raise storage_error(exc) from exc
@@ -99,14 +108,14 @@ class LevelDBStorage:
     def scrub_scan(self, start: bytes, stop: bytes) -> Iterator[tuple[bytes, bytes]]:
         """Like scan (checksums verified), but leaves the block cache alone."""
         try:
-            with self._db.iterator(start=start, stop=stop, verify_checksums=True, fill_cache=False) as it:
+            with self._h.iterator(start=start, stop=stop, verify_checksums=True, fill_cache=False) as it:
                 yield from it
         except plyvel.Error as exc:
             raise storage_error(exc) from exc
 
     def write(self, batch: Sequence[Write], *, sync: bool = True) -> None:
         try:
-            with self._db.write_batch(sync=sync) as wb:
+            with self._h.write_batch(sync=sync) as wb:
                 for key, value in batch:
                     if value is None:
                         wb.delete(key)
@@ -116,7 +125,7 @@ class LevelDBStorage:
             raise storage_error(exc) from exc
 
     def view(self) -> LevelDBView:
-        return LevelDBView(self._db)
+        return LevelDBView(self._h)
 
     def size(self) -> int:
         total = 0
@@ -128,23 +137,29 @@ class LevelDBStorage:
 
     def compact(self) -> None:
         try:
-            self._db.compact_range()
+            self._h.compact_range()
         except plyvel.Error as exc:
             raise storage_error(exc) from exc
 
     def close(self) -> None:
-        if not self._db.closed:
+        if self._db is not None and not self._db.closed:
             self._db.close()
 
     def reopen(self) -> None:
         """Close and open the DB again: after a write error (disk full, EIO) LevelDB refuses
-        every later write on the same handle, and only a new handle recovers."""
+        every later write on the same handle, and only a new handle recovers. If the open fails,
+        there is no handle (StorageError on every call) until a later reopen works."""
         self.close()
-        self._db = self._open()
+        self._db = None
+        try:
+            self._db = self._open()
+        except StorageError as exc:
+            self._down = str(exc)
+            raise
 
     def size_in_use(self) -> int:
         """LevelDB's estimate of table bytes holding keys, plus the write-ahead log(s)."""
-        tables = int(self._db.approximate_size(b"", b"\xff"))
+        tables = int(self._h.approximate_size(b"", b"\xff"))
         logs = 0
         with os.scandir(self.path) as entries:
             for entry in entries:

@@ -15,7 +15,8 @@ second small fdatasync per group-committed batch (figures in README.md). With --
 nothing is synced per batch; the watermark is written at shutdown only.
 
 It also carries the alarm types this member raised while its store could not take a write
-(disk full): the store never saw those alarms, so this is where a restart finds them.
+(disk full): the store never saw those alarms, so this is where a restart finds them. They stay
+until the store holds them (member/guard.py clears them after a successful write).
 
 Layout: two 512-byte slots (one sector each, so a torn write spoils at most one), written in
 turn; each holds
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +84,7 @@ class Watermark:
         self._fd = fd
         self._seq = seq
         self.mark = mark  # the last one written (or read at open)
+        self._lock = threading.Lock()  # the writer thread, the loop and recovery all write it
 
     @classmethod
     def create(cls, data_dir: Path, mark: Mark) -> Watermark:
@@ -121,6 +124,22 @@ class Watermark:
 
     def write(self, mark: Mark, *, sync: bool = True) -> None:
         """Replace the watermark (the older slot), durably unless sync is off."""
+        with self._lock:
+            self._write(mark, sync)
+
+    def advance(self, index: int, revision: int, *, sync: bool = True) -> None:
+        """Raise the durable index and revision (never lower them); alarms stay as they are."""
+        with self._lock:
+            if index > self.mark.index:
+                self._write(Mark(index, revision, self.mark.alarms), sync)
+
+    def set_alarms(self, alarms: frozenset[int]) -> None:
+        """Replace the alarms kept here (the store could not take them, or now has them)."""
+        with self._lock:
+            if alarms != self.mark.alarms:
+                self._write(Mark(self.mark.index, self.mark.revision, alarms), True)
+
+    def _write(self, mark: Mark, sync: bool) -> None:
         seq = self._seq + 1
         os.pwrite(self._fd, _encode(seq, mark), (seq % 2) * SLOT)
         if sync:
