@@ -159,7 +159,9 @@ class LevelDBStorage:
 
     def size_in_use(self) -> int:
         """LevelDB's estimate of table bytes holding keys, plus the write-ahead log(s)."""
-        tables = int(self._h.approximate_size(b"", b"\xff"))
+        if self._db is None:  # no handle to ask (a reopen failed): stats and metrics go on
+            return self.size()
+        tables = int(self._db.approximate_size(b"", b"\xff"))
         logs = 0
         with os.scandir(self.path) as entries:
             for entry in entries:
