@@ -22,7 +22,7 @@ from metastore_core.config import CONFIG_FILE_ENV, GROUPS, SETTINGS, Config, Con
 from metastore_core.server.app import Server
 from metastore_core.setting import Setting
 from metastore_core.storage.base import StorageError
-from metastore_core.storage.datadir import DataDirInUse
+from metastore_core.storage.datadir import DataDirError
 
 EXIT_USAGE = 2  # click's code for a bad command line; a bad option value is one too
 OTHER = "Other"  # the help group of the options that are not settings
@@ -96,7 +96,7 @@ def serve(config_file: Path | None = None, **options: Any) -> None:
             code = uvloop.run(_run(config))
         else:
             code = asyncio.run(_run(config))
-    except (DataDirInUse, StorageError, OSError, ValueError) as exc:
+    except (DataDirError, StorageError, OSError, ValueError) as exc:
         typer.echo(f"Error: {exc}", err=True)
         raise typer.Exit(1) from None
     if code:

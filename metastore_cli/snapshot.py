@@ -19,6 +19,7 @@ from metastore_cli.connect import Credentials, dial, with_credentials
 from metastore_core.config import host_port
 from metastore_core.pb.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 from metastore_core.storage import snapshot as S
+from metastore_core.storage.datadir import fsync_dir
 
 app = typer.Typer(
     name="snapshot",
@@ -48,14 +49,6 @@ def _one_endpoint(endpoints: str) -> str:
         return host_port(eps[0])
     except ValueError as exc:
         raise _fail(str(exc), EXIT_ERROR) from None
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @app.command()
@@ -106,7 +99,7 @@ def save(
         with open(part, "rb") as f:
             S.verify(f)
         os.replace(part, file)
-        _fsync_dir(file.resolve().parent)
+        fsync_dir(file.resolve().parent)
     except grpc.RpcError as exc:
         part.unlink(missing_ok=True)
         raise _fail(f"snapshot stream failed: {exc.details() or exc.code().name}", EXIT_INTERRUPTED) from None

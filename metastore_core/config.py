@@ -107,7 +107,10 @@ class Config:
             STORAGE,
             "Data directory, created with mode 0700.",
             metavar="DIR",
-            more="One daemon per directory: a second one exits at once naming the holder's PID.",
+            more="One daemon per directory: a second one exits at once naming the holder's PID. "
+            "An existing directory must be empty or a metastore data dir (it holds "
+            "metastore.datadir); it is used as it is, never chmod'ed, and its store (db/) is "
+            "created 0700. A data dir whose store is missing is refused and left untouched.",
         ),
     )
     name: str = declare("default", Setting("name", STORAGE, "Member name, shown by etcdctl member list."))
@@ -289,6 +292,18 @@ class Config:
             STORAGE,
             "Do not fsync writes: for benchmarks, a power loss can lose acknowledged writes.",
             inverted=True,
+        ),
+    )
+    unsafe_accept_lost_writes: bool = declare(
+        False,
+        Setting(
+            "unsafe-accept-lost-writes",
+            STORAGE,
+            "Start even when the store came back older than its last acknowledged write.",
+            more="A repair switch for one start, not for a config file: without it the daemon refuses "
+            "a store behind its watermark (<data-dir>/metastore.watermark; a truncated or deleted "
+            "write-ahead log) or a missing or damaged watermark. With it, the store starts at the "
+            "revision it has, the loss is logged, and a new watermark is written.",
         ),
     )
     # gRPC transport

@@ -97,11 +97,12 @@ class Corrupt(MetastoreError):
 class StorageFailed(MetastoreError):
     """A batch write failed: nothing of it was acknowledged, and writes stay refused."""
 
-    def __init__(self, cause: object) -> None:
-        super().__init__(
-            f"etcdserver: storage failed ({cause}); writes are refused until there is space "
-            "again and the alarm is disarmed (etcdctl alarm disarm)"
-        )
+    def __init__(
+        self,
+        cause: object,
+        remedy: str = "there is space again and the alarm is disarmed (etcdctl alarm disarm)",
+    ) -> None:
+        super().__init__(f"etcdserver: storage failed ({cause}); writes are refused until {remedy}")
 
 
 class MemoryLimit(MetastoreError):

@@ -111,13 +111,13 @@ class AuthStore:
         return dict(self._handlers)
 
     def load(self) -> None:
-        s = self.store.storage
+        s, codec = self.store.storage, self.store.codec
         self.users = {}
         for key, value in s.scan(L.USER_PREFIX, L.prefix_end(L.USER_PREFIX)):
-            self.users[key[1:].decode()] = apb.User.FromString(value)
+            self.users[key[1:].decode()] = apb.User.FromString(codec.decode(value, key))
         self.roles = {}
         for key, value in s.scan(L.ROLE_PREFIX, L.prefix_end(L.ROLE_PREFIX)):
-            self.roles[key[1:].decode()] = apb.Role.FromString(value)
+            self.roles[key[1:].decode()] = apb.Role.FromString(codec.decode(value, key))
         self.enabled = s.get(L.META_AUTH_ENABLED) == b"1"
         raw = s.get(L.META_AUTH_REVISION)
         self.revision = L.parse_u64(raw) if raw else 1
@@ -241,7 +241,7 @@ class AuthStore:
     def _put_user(self, user: apb.User) -> None:
         name = user.name.decode()
         self.users[name] = user
-        self.store.stage(L.user_key(name), user.SerializeToString())
+        self.store.stage(L.user_key(name), self.store.codec.encode(user.SerializeToString()))
 
     def _set_roles(self, user: apb.User, roles: list[str]) -> None:
         self._put_user(apb.User(name=user.name, password=user.password, roles=roles, options=user.options))
@@ -249,7 +249,7 @@ class AuthStore:
     def _put_role(self, role: apb.Role) -> None:
         name = role.name.decode()
         self.roles[name] = role
-        self.store.stage(L.role_key(name), role.SerializeToString())
+        self.store.stage(L.role_key(name), self.store.codec.encode(role.SerializeToString()))
 
     def _user(self, name: str) -> apb.User:
         user = self.users.get(name)

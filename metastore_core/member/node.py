@@ -34,7 +34,7 @@ from metastore_core.member.compactor import AutoCompactor, Compactor
 from metastore_core.member.consensus import Consensus, MemberInfo
 from metastore_core.member.figures import MemberFigures
 from metastore_core.member.guard import Spawn, WriteGuard
-from metastore_core.member.integrity import Integrity
+from metastore_core.member.integrity import Integrity, settle_watermark
 from metastore_core.member.leases import Leases
 from metastore_core.member.maintenance import Maintenance, in_use
 from metastore_core.member.single import SingleNode
@@ -43,6 +43,7 @@ from metastore_core.mvcc.store import MVCCStore
 from metastore_core.pb.etcdserverpb import rpc_pb2 as pb
 from metastore_core.storage import Storage
 from metastore_core.storage import layout as L
+from metastore_core.storage.watermark import Mark, Watermark
 
 log = logging.getLogger(__name__)
 
@@ -76,16 +77,18 @@ class Node:
         *,
         clock: Callable[[], float] = time.monotonic,
         spawn: Spawn = _spawn,
+        watermark: Watermark | None = None,
     ) -> None:
         self._config = config
         self._clock = clock
+        self._watermark = watermark
         self._store = store = MVCCStore(storage, crc=config.enable_crc)
         store.incremental_compaction = True
         self._lessor = lessor = Lessor(store)
         self._alarms = alarms = Alarms(store)
         self._auth_store = auth_store = AuthStore(store, lessor.keys_of)
         self._applier = Applier(store, lessor, alarms, clock, auth_store)
-        self._committer = committer = Committer(store, sync=config.fsync)
+        self._committer = committer = Committer(store, sync=config.fsync, watermark=watermark)
         self._consensus: Consensus = SingleNode(
             store, self._applier, committer, self._member_info, self.load, self._on_applied
         )
@@ -107,6 +110,7 @@ class Node:
             reload=self.load,
             spawn=spawn,
             quota=config.quota_backend_bytes,
+            watermark=watermark,
         )
         is_leader = self._consensus.is_leader
         self._compactor = Compactor(store, committer)
@@ -130,6 +134,15 @@ class Node:
         self._lessor.load(self._clock())
         self._alarms.load()
         self._auth_store.load()
+        watermark = self._watermark
+        if watermark is not None:
+            settle_watermark(self._store, watermark, accept_lost=self._config.unsafe_accept_lost_writes)
+            for alarm in sorted(watermark.mark.alarms):  # raised while the store took no writes
+                self._alarms.activate(self._store.ids.member_id, alarm)  # staged for the next batch
+
+    async def settle_kept_alarms(self) -> None:
+        """Start-up, after load: alarms the watermark kept go into the store (guard.py)."""
+        await self._guard.settle_kept_alarms()
 
     async def check_integrity_on_start(self) -> None:
         """--corrupt-check-on-start: scrub every record; raises StorageError on corruption."""
@@ -146,6 +159,7 @@ class Node:
             loops.append(Loop("auto-compaction", self._auto.run))
         if self._config.corrupt_check_interval_s > 0:
             loops.append(Loop("corrupt-check", self._integrity.run))
+        loops.append(Loop("storage-recovery", self._guard.run_recovery))
         return loops
 
     async def persist(self) -> None:
@@ -156,15 +170,22 @@ class Node:
             log.warning("lease checkpoint at shutdown failed: %s", exc)
         await self._committer.flush()
         if not self._config.fsync:  # batches were written without fsync: sync once now
-            storage, index = self._store.storage, self._store.consistent_index
-            await self._committer.run_io(
-                lambda: storage.write([(L.META_CONSISTENT_INDEX, L.u64(index))], sync=True)
-            )
+            store, watermark = self._store, self._watermark
+            index, rev = store.consistent_index, store.committed_rev
+
+            def sync() -> None:
+                store.storage.write([(L.META_CONSISTENT_INDEX, L.u64(index))], sync=True)
+                if watermark is not None:
+                    watermark.write(Mark(index, rev, watermark.mark.alarms))
+
+            await self._committer.run_io(sync)
 
     def close(self) -> None:
         self._compactor.close()
         self._committer.close()
         self._store.storage.close()
+        if self._watermark is not None:
+            self._watermark.close()
 
     # ---------------------------------------------------------------- identity
     def _member_info(self) -> MemberInfo:

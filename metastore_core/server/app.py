@@ -21,6 +21,7 @@ from pathlib import Path
 
 import grpc
 
+from metastore_core import errors
 from metastore_core.config import Config, is_https, split_url
 from metastore_core.member.node import Node
 from metastore_core.server import listeners, rpc
@@ -49,9 +50,10 @@ from metastore_core.server.tls import Certificates, TLSFiles, auto_tls
 from metastore_core.storage import Storage
 from metastore_core.storage import layout as L
 from metastore_core.storage.base import StorageError
-from metastore_core.storage.datadir import DataDir
+from metastore_core.storage.datadir import DataDir, Store
 from metastore_core.storage.leveldb import LevelDBStorage
 from metastore_core.storage.memory import MemoryStorage
+from metastore_core.storage.watermark import Mark, Watermark, WatermarkError
 
 log = logging.getLogger("metastore")
 
@@ -65,8 +67,24 @@ def open_storage(config: Config, datadir: DataDir | None) -> Storage:
         return MemoryStorage()
     if config.backend == "leveldb":
         assert datadir is not None
-        return LevelDBStorage(datadir.db_path)
+        return LevelDBStorage(datadir.db_path, create=datadir.store is Store.NEW)
     raise ValueError(f"unknown backend {config.backend!r}: want leveldb or memory")
+
+
+def open_watermark(config: Config, datadir: DataDir, storage: Storage) -> Watermark:
+    """The data dir's watermark; a new one (from the store's own index) for a new or adopted dir."""
+    if datadir.marked:
+        try:
+            return Watermark.open(datadir.path)
+        except WatermarkError as exc:
+            if not config.unsafe_accept_lost_writes:
+                raise WatermarkError(
+                    f"{exc}: cannot tell whether acknowledged writes were lost; refusing to start "
+                    "(--unsafe-accept-lost-writes starts with a new watermark)"
+                ) from None
+            log.error("%s; writing a new one (--unsafe-accept-lost-writes)", exc)
+    index = L.parse_u64(storage.get(L.META_CONSISTENT_INDEX) or L.u64(0))
+    return Watermark.create(datadir.path, Mark(index, 0))
 
 
 def raise_fd_limit(max_connections: int) -> None:
@@ -137,14 +155,21 @@ class Server:
             self.lifecycle.previous = load_report(self.datadir.path)
         try:
             self.storage = open_storage(cfg, self.datadir)
-            self.node = node = Node(self.storage, cfg, spawn=self._spawn)
+            watermark = None if self.datadir is None else open_watermark(cfg, self.datadir, self.storage)
+            self.node = node = Node(self.storage, cfg, spawn=self._spawn, watermark=watermark)
             self.auth.node = node
             try:
                 await asyncio.to_thread(node.load)
             except L.CorruptRecord as exc:
                 raise StorageError(f"data is corrupt ({exc}); refusing to start") from None
+            if self.datadir is not None:
+                self.datadir.mark()  # the store exists: from now on a missing one is refused
             if cfg.corrupt_check_on_start:
                 await node.check_integrity_on_start()
+            try:
+                await node.settle_kept_alarms()
+            except (errors.StorageFailed, OSError) as exc:  # the alarm stands, writes are refused
+                log.error("could not write the alarms kept in the watermark: %s", exc)
             self.recovery.on_corrupt = node.report_corruption
             node.on_storage_failure(lambda exc: self.monitor.poke())
             self.memory.on_full = node.set_memory_full

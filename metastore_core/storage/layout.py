@@ -19,6 +19,8 @@ from __future__ import annotations
 import struct
 import zlib
 
+from metastore_core.storage.base import StorageError
+
 FORMAT_VERSION = b"1"
 
 REV_PREFIX = b"k"
@@ -41,6 +43,8 @@ META_SCHEDULED_COMPACT_REV = b"mscheduled_compact_rev"  # compaction asked up to
 META_AUTH_ENABLED = b"mauth_enabled"
 META_AUTH_REVISION = b"mauth_revision"
 META_HEALTH_PROBE = b"mhealth_probe"  # health checker's write/read probe (no meaning)
+
+MAX_LEASE_TTL = 9_000_000_000  # seconds, etcd's MaxLeaseTTL: the largest TTL a lease record holds
 
 CRC_NONE = b"none"
 CRC_IEEE = b"crc32"
@@ -115,8 +119,9 @@ def parse_alarm_key(key: bytes) -> tuple[int, int]:
     return int(_U64.unpack_from(key, 1)[0]), key[9]
 
 
-class CorruptRecord(Exception):
-    """A stored record failed its CRC check."""
+class CorruptRecord(StorageError):
+    """Stored bytes failed a check (our record CRC, LevelDB's block checksum, a record that does
+    not decode or disagrees with its key): never served, answered with DATA_LOSS."""
 
 
 class RecordCodec:
