@@ -16,6 +16,7 @@ import grpc
 import typer
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from metastore_cli.connect import Credentials, dial, with_credentials
 from metastore_cli.ops import (
     EXIT_SERVER_ERROR,
     EXIT_UNHEALTHY,
@@ -23,7 +24,6 @@ from metastore_cli.ops import (
     ascii_table,
     check_positive,
     check_write_out,
-    dial,
     dump_json,
     endpoints_option,
     parse_endpoints,
@@ -46,26 +46,41 @@ def _rpc_error(exc: grpc.RpcError, what: str, timeout: float, service: str) -> s
     return f"{what} failed: {code.name}: {exc.details()}"
 
 
-def _alarms(ch: grpc.Channel, timeout: float) -> list[str]:
-    """Active alarms by name (NOSPACE, CORRUPT), each once."""
-    resp = rpc_pb2_grpc.MaintenanceStub(ch).Alarm(
-        rpc_pb2.AlarmRequest(action=rpc_pb2.AlarmRequest.GET), timeout=timeout
-    )
+def _alarms(ch: grpc.Channel, timeout: float, metadata: list[tuple[str, str]]) -> list[str] | None:
+    """Active alarms by name (NOSPACE, CORRUPT), each once; None when auth is on and the caller
+    gave no user that may list them (the gRPC status alone is reported then)."""
+    try:
+        resp = rpc_pb2_grpc.MaintenanceStub(ch).Alarm(
+            rpc_pb2.AlarmRequest(action=rpc_pb2.AlarmRequest.GET), timeout=timeout, metadata=metadata
+        )
+    except grpc.RpcError as exc:
+        if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED):
+            return None  # "user name is empty" / "permission denied"
+        raise
     return sorted({rpc_pb2.AlarmType.Name(a.alarm) for a in resp.alarms})
 
 
 def probe(
-    endpoint: str, service: str, connect_timeout: float, rpc_timeout: float, exclude: set[str]
+    endpoint: str,
+    service: str,
+    connect_timeout: float,
+    rpc_timeout: float,
+    exclude: set[str],
+    creds: Credentials | None = None,
 ) -> dict[str, Any]:
     """One endpoint's result: endpoint, service, code, status, alarms, took, error."""
     result: dict[str, Any] = {"endpoint": endpoint, "service": service}
     try:
-        ch = dial(endpoint, connect_timeout)
+        conn = dial(endpoint, creds or Credentials(), connect_timeout)
     except grpc.FutureTimeoutError:
         result.update(
             code=EXIT_UNREACHABLE, error=f"failed to connect to {endpoint} within {connect_timeout:g}s"
         )
         return result
+    except grpc.RpcError as exc:  # --user given and Authenticate refused
+        result.update(code=EXIT_SERVER_ERROR, error=f"authentication failed: {exc.details()}")
+        return result
+    ch = conn.channel
     what = "health rpc"
     try:
         t0 = time.monotonic()
@@ -74,15 +89,17 @@ def probe(
         )
         took = time.monotonic() - t0  # the call alone: closing the channel below is not the server's
         what = "alarm list"
-        alarms = _alarms(ch, rpc_timeout) if service == "" else []
+        alarms = _alarms(ch, rpc_timeout, conn.metadata) if service == "" else []
     except grpc.RpcError as exc:
         result.update(code=EXIT_SERVER_ERROR, error=_rpc_error(exc, what, rpc_timeout, service))
         return result
     finally:
         ch.close()
     status = STATUS_NAMES.get(resp.status, str(resp.status))
-    active = [a for a in alarms if a not in exclude]
+    active = [a for a in alarms or () if a not in exclude]
     result.update(status=status, alarms=alarms, took=f"{took * 1000:.3f}ms")
+    if alarms is None:
+        result["note"] = "alarms not checked: auth is on (give --user to list them)"
     if resp.status != health_pb2.HealthCheckResponse.SERVING:
         result.update(code=EXIT_UNHEALTHY, error=f"service unhealthy (responded with {status})")
     elif active:
@@ -92,6 +109,7 @@ def probe(
     return result
 
 
+@with_credentials()  # --user: with auth on, listing the alarms needs a user
 def health(
     endpoints: str = endpoints_option(),
     service: str = typer.Option(
@@ -118,13 +136,14 @@ def health(
         help="Seconds for each RPC [5].",
     ),
     write_out: str = write_out_option(),
+    creds: Credentials = Credentials(),
 ) -> None:
     """Probe a daemon: exit 0 when it is serving and no alarm is active."""
     check_write_out(write_out)
     eps = parse_endpoints(endpoints)
     check_positive(connect_timeout=connect_timeout, rpc_timeout=rpc_timeout)
     skip = {name.strip().upper() for name in exclude.split(",") if name.strip()}
-    results = [probe(ep, service, connect_timeout, rpc_timeout, skip) for ep in eps]
+    results = [probe(ep, service, connect_timeout, rpc_timeout, skip, creds) for ep in eps]
     if write_out == "json":
         typer.echo(dump_json(results if len(results) > 1 else results[0]))
     elif write_out == "table":

@@ -1,4 +1,5 @@
-"""Shared pieces of the operator commands (stop, health, stats): endpoints, dialing, printers.
+"""Shared pieces of the operator commands (stop, health, stats): endpoints, printers (dialing is
+connect.py's).
 
 The commands fetch; printers format (simple, json, table), as etcdctl's do.
 JSON follows etcdctl's Go encoding: snake_case field names, integers as
@@ -16,7 +17,6 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-import grpc
 import typer
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
@@ -46,7 +46,9 @@ EXIT_CODES = (
 )
 
 
-def endpoints_option(help: str = "Comma-separated gRPC endpoints (HOST:PORT or http://HOST:PORT).") -> Any:
+def endpoints_option(
+    help: str = "Comma-separated gRPC endpoints (HOST:PORT, http://HOST:PORT or https://HOST:PORT).",
+) -> Any:
     # etcdctl's variable too, so an environment set up for etcdctl works unchanged
     return typer.Option(
         "127.0.0.1:2379",
@@ -115,17 +117,6 @@ def check_positive(**timeouts: float) -> None:
             raise typer.BadParameter(
                 f"{value:g}: must be more than 0", param_hint="--" + name.replace("_", "-")
             )
-
-
-def dial(endpoint: str, timeout: float) -> grpc.Channel:
-    """A ready channel, or grpc.FutureTimeoutError after timeout seconds."""
-    ch = grpc.insecure_channel(endpoint)
-    try:
-        grpc.channel_ready_future(ch).result(timeout=timeout)
-    except grpc.FutureTimeoutError:
-        ch.close()
-        raise
-    return ch
 
 
 def fail(message: str, code: int) -> typer.Exit:

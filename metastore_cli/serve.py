@@ -12,6 +12,7 @@ import asyncio
 import inspect
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -95,19 +96,23 @@ def serve(config_file: Path | None = None, **options: Any) -> None:
         typer.echo(f"Error: {exc}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
     logs.configure(config.log_level, config.log_format, sys.stderr)
-    log.info("effective configuration", extra={"config": effective(config, sources)})
-    if not config.fsync:
-        log.warning(
-            "--unsafe-no-fsync: writes are acknowledged before they are on disk; "
-            "a power loss or kernel crash can lose them (for benchmarks only)"
-        )
+
+    def announce() -> None:
+        # once serving: a start that fails says only its one "Error:" line
+        log.info("effective configuration", extra={"config": effective(config, sources)})
+        if not config.fsync:
+            log.warning(
+                "--unsafe-no-fsync: writes are acknowledged before they are on disk; "
+                "a power loss or kernel crash can lose them (for benchmarks only)"
+            )
+
     try:
         if config.event_loop == "uvloop":
             import uvloop
 
-            code = uvloop.run(_run(config))
+            code = uvloop.run(_run(config, announce))
         else:
-            code = asyncio.run(_run(config))
+            code = asyncio.run(_run(config, announce))
     except (DataDirError, StorageError, OSError, ValueError) as exc:
         typer.echo(f"Error: {exc}", err=True)
         raise typer.Exit(EXIT_ERROR) from None
@@ -130,8 +135,9 @@ serve.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
 )
 
 
-async def _run(config: Config) -> int:
+async def _run(config: Config, announce: Callable[[], None]) -> int:
     """Serve until a signal, `metastore stop` or the Shutdown RPC; the exit code of the shutdown."""
     server = Server(config)
     await server.start()
+    announce()
     return await server.serve_until_stopped()

@@ -19,11 +19,13 @@ from typing import Any, BinaryIO
 import grpc
 import typer
 
+from metastore_cli.connect import Credentials, dial, with_credentials
 from metastore_cli.ops import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
     EXIT_INVALID_INPUT,
     EXIT_IO,
+    EXIT_SERVER_ERROR,
     EXIT_UNHEALTHY,
     EXIT_UNREACHABLE,
     check_positive,
@@ -36,6 +38,7 @@ from metastore_cli.ops import (
 from metastore_core.config import host_port
 from metastore_core.pb.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 from metastore_core.storage import snapshot as S
+from metastore_core.storage.datadir import fsync_dir
 
 app = typer.Typer(
     name="snapshot",
@@ -58,19 +61,13 @@ def _one_endpoint(endpoints: str) -> str:
         raise fail(str(exc), EXIT_ERROR) from None
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @app.command()
+@with_credentials()
 def save(
     file: Path = typer.Argument(..., help="Where to write the snapshot."),
-    endpoints: str = endpoints_option("The one endpoint to ask (HOST:PORT or http://HOST:PORT)."),
+    endpoints: str = endpoints_option("The one endpoint to ask (HOST:PORT, http:// or https://HOST:PORT)."),
     dial_timeout: float = dial_timeout_option(5.0),
+    creds: Credentials = Credentials(),
 ) -> None:
     """Stream a consistent snapshot from a daemon to FILE (via FILE.part, fsynced, then renamed)."""
     endpoint = _one_endpoint(endpoints)
@@ -79,9 +76,9 @@ def save(
     calls: list[Any] = []  # the stream, for Ctrl-C to cancel (a KeyboardInterrupt inside grpc can be lost)
     with interrupt_event(lambda: [c.cancel() for c in calls]) as stop:
         try:
-            _save(endpoint, dial_timeout, part, calls)
+            _save(endpoint, creds, dial_timeout, part, calls)
             os.replace(part, file)
-            _fsync_dir(file.resolve().parent)
+            fsync_dir(file.resolve().parent)
         except grpc.RpcError as exc:
             if stop.is_set():
                 raise fail("interrupted: no snapshot saved", EXIT_INTERRUPTED) from None
@@ -97,20 +94,23 @@ def save(
     typer.echo(f"Snapshot saved at {file}")
 
 
-def _save(endpoint: str, dial_timeout: float, part: Path, calls: list[Any]) -> None:
+def _save(endpoint: str, creds: Credentials, dial_timeout: float, part: Path, calls: list[Any]) -> None:
     """Stream the snapshot into part (0600, fsynced), then check it whole."""
-    with grpc.insecure_channel(endpoint, options=[("grpc.max_receive_message_length", 1 << 30)]) as ch:
-        try:
-            grpc.channel_ready_future(ch).result(timeout=dial_timeout)
-        except grpc.FutureTimeoutError:
-            raise fail(f"cannot connect to {endpoint}", EXIT_UNREACHABLE) from None
+    try:
+        conn = dial(endpoint, creds, dial_timeout, [("grpc.max_receive_message_length", 1 << 30)])
+    except grpc.FutureTimeoutError:
+        raise fail(f"cannot connect to {endpoint}", EXIT_UNREACHABLE) from None
+    except grpc.RpcError as exc:  # --user given and Authenticate refused
+        raise fail(str(exc.details()), EXIT_SERVER_ERROR) from None
+    with conn.channel as ch:
         digest = hashlib.sha256()
         received = 0
         last = b""  # the newest message is held back: the final one is the SHA-256 trailer
         progress: _Progress | None = None
         try:
             with _create_private(part) as out:
-                calls.append(rpc_pb2_grpc.MaintenanceStub(ch).Snapshot(rpc_pb2.SnapshotRequest()))
+                stub = rpc_pb2_grpc.MaintenanceStub(ch)
+                calls.append(stub.Snapshot(rpc_pb2.SnapshotRequest(), metadata=conn.metadata))
                 for msg in calls[0]:
                     if progress is None:
                         total = len(msg.blob) + msg.remaining_bytes + S.TRAILER

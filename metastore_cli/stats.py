@@ -12,13 +12,13 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
+from metastore_cli.connect import Credentials, dial, with_credentials
 from metastore_cli.ops import (
     EXIT_SERVER_ERROR,
     EXIT_UNREACHABLE,
     check_positive,
     check_write_out,
     command_timeout_option,
-    dial,
     dial_timeout_option,
     dump_json,
     endpoints_option,
@@ -62,6 +62,7 @@ def rows(s: admin_pb2.GetStatsResponse) -> list[tuple[str, str, str]]:
         ("daemon", "uptime", human_duration(s.uptime_seconds)),
         ("daemon", "health", health),
         ("daemon", "alarms", alarms),
+        *[("daemon", "WARNING", w) for w in s.warnings],
         ("limits", "connections", f"{s.connections_current} / {s.connections_max}"),
         ("limits", "requests in flight", f"{s.requests_current} / {s.requests_max} (peak {s.requests_peak})"),
         ("limits", "requests refused", str(s.requests_refused)),
@@ -105,19 +106,22 @@ def rich_table(endpoint: str, s: admin_pb2.GetStatsResponse) -> Table:
     last = None
     for section, figure, value in rows(s):
         style = None
-        if (figure == "health" and not s.serving) or (figure == "alarms" and s.alarms):
+        if (figure == "health" and not s.serving) or (figure == "alarms" and s.alarms) or figure == "WARNING":
             style = "bold red"
         table.add_row(section if section != last else "", figure, value, style=style)
         last = section
     return table
 
 
-def fetch(endpoint: str, dial_timeout: float, command_timeout: float) -> admin_pb2.GetStatsResponse:
-    ch = dial(endpoint, dial_timeout)
+def fetch(
+    endpoint: str, creds: Credentials, dial_timeout: float, command_timeout: float
+) -> admin_pb2.GetStatsResponse:
+    conn = dial(endpoint, creds, dial_timeout)
     try:
-        return admin_pb2_grpc.AdminStub(ch).GetStats(admin_pb2.GetStatsRequest(), timeout=command_timeout)
+        stub = admin_pb2_grpc.AdminStub(conn.channel)
+        return stub.GetStats(admin_pb2.GetStatsRequest(), timeout=command_timeout, metadata=conn.metadata)
     finally:
-        ch.close()
+        conn.close()
 
 
 def _refresh(stop: threading.Event, interval: float, show: Callable[[], None]) -> None:
@@ -126,6 +130,7 @@ def _refresh(stop: threading.Event, interval: float, show: Callable[[], None]) -
         stop.wait(interval)
 
 
+@with_credentials()
 def stats(
     endpoints: str = endpoints_option(),
     write_out: str = write_out_option(),
@@ -137,6 +142,7 @@ def stats(
     ),
     dial_timeout: float = dial_timeout_option(),
     command_timeout: float = command_timeout_option(),
+    creds: Credentials = Credentials(),
 ) -> None:
     """Show limits, panic and validation error counts, storage, watch and lease figures."""
     check_write_out(write_out)
@@ -147,7 +153,7 @@ def stats(
         out = []
         for ep in eps:
             try:
-                out.append((ep, fetch(ep, dial_timeout, command_timeout)))
+                out.append((ep, fetch(ep, creds, dial_timeout, command_timeout)))
             except grpc.FutureTimeoutError:
                 raise fail(f"cannot connect to {ep} within {dial_timeout:g}s", EXIT_UNREACHABLE) from None
             except grpc.RpcError as exc:

@@ -31,6 +31,7 @@ from metastore_core.setting import (
     one_of,
     show,
 )
+from metastore_core.tokenspec import parse_options
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 CONFIG_FILE_ENV = ENV_PREFIX + "CONFIG_FILE"
@@ -44,25 +45,29 @@ REQUESTS = "Request limits"
 RELIABILITY = "Reliability"
 WATCH_LEASE = "Watch and lease"
 COMPACTION = "Compaction"
+SECURITY = "Auth and TLS"
 PROCESS = "Process"
 TRACING = "Tracing"
-GROUPS = (STORAGE, NETWORK, REQUESTS, RELIABILITY, WATCH_LEASE, COMPACTION, PROCESS, TRACING)
+GROUPS = (STORAGE, NETWORK, SECURITY, REQUESTS, RELIABILITY, WATCH_LEASE, COMPACTION, PROCESS, TRACING)
 SAMPLES_PER_MILLION = 1_000_000
 
 
+def is_https(url: str) -> bool:
+    """Does a listen URL ask for TLS?"""
+    return url.strip().lower().startswith("https://")
+
+
 def split_url(url: str) -> tuple[str, int]:
-    """'http://HOST:PORT' or 'HOST:PORT' -> (HOST, PORT); https and other schemes are refused."""
+    """'http://HOST:PORT', 'https://HOST:PORT' or 'HOST:PORT' -> (HOST, PORT); other schemes are refused."""
     parsed = urlparse(url if "://" in url else "http://" + url)
-    if parsed.scheme == "https":
-        raise ValueError("TLS is not supported yet (it comes with the auth/TLS work); use http://")
-    if parsed.scheme != "http":
-        raise ValueError(f"{parsed.scheme}:// is not supported; use http://")
+    if parsed.scheme not in ("http", "https"):
+        raise ValueError(f"{parsed.scheme}:// is not supported; use http:// or https://")
     try:
         port = parsed.port
     except ValueError:  # not a number, or out of range
         port = None
     if not parsed.hostname or port is None or parsed.path not in ("", "/") or parsed.query:
-        raise ValueError("want http://HOST:PORT")
+        raise ValueError("want http://HOST:PORT or https://HOST:PORT")
     return parsed.hostname, port
 
 
@@ -74,7 +79,15 @@ def _url_problem(url: str) -> str | None:
     return None
 
 
-HTTP_URL = Rule("each http://HOST:PORT", _url_problem)
+HTTP_URL = Rule("each http(s)://HOST:PORT", _url_problem)
+
+
+def _token_problem(spec: str) -> str | None:
+    try:
+        parse_options(spec)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def host_port(url: str) -> str:
@@ -97,7 +110,10 @@ class Config:
             STORAGE,
             "Data directory, created with mode 0700.",
             metavar="DIR",
-            more="One daemon per directory: a second one exits at once naming the holder's PID.",
+            more="One daemon per directory: a second one exits at once naming the holder's PID. "
+            "An existing directory must be empty or a metastore data dir (it holds "
+            "metastore.datadir); it is used as it is, never chmod'ed, and its store (db/) is "
+            "created 0700. A data dir whose store is missing is refused and left untouched.",
         ),
     )
     name: str = declare("default", Setting("name", STORAGE, "Member name, shown by etcdctl member list."))
@@ -117,7 +133,7 @@ class Config:
             NETWORK,
             "Comma-separated addresses for gRPC clients.",
             check=HTTP_URL,
-            more="https:// is refused until TLS support comes with the auth work.",
+            more="https:// URLs serve TLS with --cert-file/--key-file or --auto-tls.",
         ),
     )
     advertise_client_urls: list[str] = declare(
@@ -131,7 +147,77 @@ class Config:
     )
     listen_metrics_urls: list[str] = declare(
         ["http://127.0.0.1:2381"],
-        Setting("listen-metrics-urls", NETWORK, "HTTP addresses for /metrics and /health.", check=HTTP_URL),
+        Setting(
+            "listen-metrics-urls",
+            NETWORK,
+            "HTTP addresses for /metrics and /health.",
+            check=HTTP_URL,
+            more="https:// URLs serve the client certificate set (as etcd's metrics URLs do).",
+        ),
+    )
+    auth_token: str = declare(
+        "simple",
+        Setting(
+            "auth-token",
+            SECURITY,
+            "Token type: simple, or jwt,pub-key=PATH,priv-key=PATH,sign-method=RS256,ttl=5m (as etcd).",
+            check=Rule("simple or jwt,pub-key=PATH[,priv-key=PATH,sign-method=M,ttl=D]", _token_problem),
+            metavar="SPEC",
+            more="Simple tokens live in this member only and expire after --auth-token-ttl without "
+            "use; JWT tokens are signed (RS*, PS*, ES*, EdDSA) and expire at their exp claim. Tokens "
+            "are never logged nor stored.",
+        ),
+    )
+    cert_file: str = declare(
+        "",
+        Setting(
+            "cert-file",
+            SECURITY,
+            "Server certificate (PEM) for https:// client and metrics URLs.",
+            metavar="PATH",
+            more="Re-read, with --key-file and --trusted-ca-file, on SIGHUP and when the files change; "
+            "TLS 1.2 is the minimum and only forward-secret AEAD ciphers are offered.",
+        ),
+    )
+    key_file: str = declare("", Setting("key-file", SECURITY, "Key of --cert-file (PEM).", metavar="PATH"))
+    trusted_ca_file: str = declare(
+        "",
+        Setting(
+            "trusted-ca-file", SECURITY, "CA bundle that client certificates must chain to.", metavar="PATH"
+        ),
+    )
+    client_cert_auth: bool = declare(
+        False,
+        Setting(
+            "client-cert-auth",
+            SECURITY,
+            "Require a client certificate signed by --trusted-ca-file (mutual TLS).",
+            more="With auth on, a request without a token is made as the user named by the "
+            "certificate's CN, as etcd does.",
+        ),
+    )
+    auto_tls: bool = declare(
+        False,
+        Setting(
+            "auto-tls",
+            SECURITY,
+            "Serve https:// URLs with a self-signed certificate made at first start.",
+            more="Kept in DATA-DIR/fixtures/client (a temporary directory with --backend memory). "
+            "Encrypts but proves nothing: clients must skip verification.",
+        ),
+    )
+    auth_token_ttl_s: int = declare(
+        300,
+        Setting("auth-token-ttl", SECURITY, "Seconds a simple token lives without use.", check=at_least(1)),
+    )
+    bcrypt_cost: int = declare(
+        10,
+        Setting(
+            "bcrypt-cost",
+            SECURITY,
+            "bcrypt cost of stored password hashes (4-31; each step doubles the work).",
+            check=Rule("between 4 and 31", lambda v: None if 4 <= v <= 31 else "must be between 4 and 31"),
+        ),
     )
     max_txn_ops: int = declare(
         128,
@@ -219,6 +305,18 @@ class Config:
             "Serve gRPC server reflection on the client port, so grpcurl can list and call the services.",
             more="It describes the services (etcd's, health, admin); it answers no data and takes no "
             "credentials, as with kine. --no-grpc-reflection turns it off.",
+        ),
+    )
+    unsafe_accept_lost_writes: bool = declare(
+        False,
+        Setting(
+            "unsafe-accept-lost-writes",
+            STORAGE,
+            "Start even when the store came back older than its last acknowledged write.",
+            more="A repair switch for one start, not for a config file: without it the daemon refuses "
+            "a store behind its watermark (<data-dir>/metastore.watermark; a truncated or deleted "
+            "write-ahead log) or a missing or damaged watermark. With it, the store starts at the "
+            "revision it has, the loss is logged, and a new watermark is written.",
         ),
     )
     # gRPC transport
@@ -569,8 +667,20 @@ def _value(s: Setting, given: Given, preset: str) -> Any:
         raise _located(exc, origin) from None
 
 
+def _check_tls(values: Mapping[str, Any]) -> None:
+    """https:// needs a certificate; the TLS files go together."""
+    if bool(values["cert-file"]) != bool(values["key-file"]):
+        raise ConfigError("--cert-file and --key-file go together")
+    if values["client-cert-auth"] and not values["trusted-ca-file"]:
+        raise ConfigError("--client-cert-auth needs --trusted-ca-file to verify client certificates")
+    https = [u for key in ("listen-client-urls", "listen-metrics-urls") for u in values[key] if is_https(u)]
+    if https and not (values["cert-file"] or values["auto-tls"]):
+        raise ConfigError(f"{https[0]} needs --cert-file and --key-file, or --auto-tls")
+
+
 def _check_together(values: Mapping[str, Any], given: Given) -> None:
-    """Checks that read two options: the retention must suit the compaction mode."""
+    """Checks that read two options: the retention must suit the compaction mode; TLS."""
+    _check_tls(values)
     s = BY_FLAG["auto-compaction-retention"]
     retention = values[s.flag]
     try:

@@ -18,6 +18,7 @@ from typing import Any
 
 from metastore_core import errors
 from metastore_core.engine.alarms import Alarms
+from metastore_core.engine.auth import AuthStore
 from metastore_core.engine.entry import Entry
 from metastore_core.engine.lease import Lessor
 from metastore_core.engine.ranges import range_at
@@ -67,14 +68,22 @@ class OpCounts:
 
 
 class Applier:
-    """Applies write commands to the store, the lessor and the alarms."""
+    """Applies write commands to the store, the lessor, the alarms and the auth store."""
 
-    def __init__(self, store: MVCCStore, lessor: Lessor, alarms: Alarms, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        store: MVCCStore,
+        lessor: Lessor,
+        alarms: Alarms,
+        clock: Callable[[], float],
+        auth: AuthStore | None = None,
+    ) -> None:
         self.store = store
         self.lessor = lessor
         self.alarms = alarms
         self.clock = clock
         self.ops = OpCounts()
+        self.auth = auth if auth is not None else AuthStore(store, lessor.keys_of)
         self._dispatch: dict[type, Callable[[Any], Any]] = {
             pb.PutRequest: self.put,
             pb.DeleteRangeRequest: self.delete_range,
@@ -84,16 +93,19 @@ class Applier:
             pb.LeaseRevokeRequest: self.lease_revoke,
             pb.LeaseCheckpointRequest: self.lease_checkpoint,
             pb.AlarmRequest: self.alarm,
+            **self.auth.handlers(),
         }
 
     def apply(self, entry: Entry) -> Any:
         """Apply one entry; returns its command's response (header revision set).
 
         The entry's index becomes the consistent index even when a check refuses the
-        command, so every member that applies the same log counts the same.
+        command, so every member that applies the same log counts the same. Permissions are
+        checked here, against the auth state this entry meets (engine/auth.py).
         """
         handler = self._dispatch[type(entry.command)]
         self.store.consistent_index = entry.index
+        self.auth.check_entry(entry.auth, entry.command)
         return handler(entry.command)
 
     # ------------------------------------------------------------------ put

@@ -14,6 +14,8 @@ import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from google.protobuf.message import DecodeError
+
 from metastore_core import errors
 from metastore_core.mvcc.index import Index, KeyHistory, entry_main, entry_sub, is_tombstone, pack
 from metastore_core.pb.mvccpb.kv_pb2 import Event, KeyValue
@@ -33,6 +35,7 @@ class Drained:
     rev: int  # the newest main revision inside
     events: list[Event]
     seq: int  # staging sequence number covered
+    index: int  # the consistent index the batch brings the store to
 
 
 @dataclass
@@ -52,6 +55,17 @@ class _Staged:
 
 def _new_id() -> int:
     return secrets.randbits(63) | 1
+
+
+def _decode(payload: bytes, skey: bytes, main: int) -> KeyValue:
+    """The KeyValue a record holds, which must decode and agree with its revision key."""
+    try:
+        kv = KeyValue.FromString(payload)
+    except DecodeError:
+        raise L.CorruptRecord(f"undecodable record {skey!r}") from None
+    if kv.mod_revision != main or len(skey) not in (17, 18):
+        raise L.CorruptRecord(f"record {skey!r} says mod_revision {kv.mod_revision}, its key says {main}")
+    return kv
 
 
 class MVCCStore:
@@ -129,7 +143,7 @@ class MVCCStore:
                     progress(records, top)
                 main, sub, tomb = L.parse_rev_key(skey)
                 payload = self.codec.decode(record, skey)
-                kv = KeyValue.FromString(payload)
+                kv = _decode(payload, skey, main)
                 h = histories.get(kv.key)
                 if h is None:
                     h = histories[kv.key] = KeyHistory()
@@ -251,7 +265,7 @@ class MVCCStore:
             return None
         staged, self._staged = self._staged, _Staged()
         staged.batch.append((L.META_CONSISTENT_INDEX, L.u64(self.consistent_index)))
-        return Drained(staged.batch, self.applied_rev, staged.events, self.staged_seq)
+        return Drained(staged.batch, self.applied_rev, staged.events, self.staged_seq, self.consistent_index)
 
     def mark_durable(self, d: Drained) -> None:
         """The committer wrote d to disk: make it visible to readers."""

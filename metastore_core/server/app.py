@@ -10,22 +10,28 @@ of lifecycle.py; this file only says which hook runs in which phase.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import resource
+import signal
+import tempfile
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 
 import grpc
 from grpc_reflection.v1alpha import reflection
 
-from metastore_core.config import Config
+from metastore_core import errors
+from metastore_core.config import Config, is_https, split_url
 from metastore_core.member.node import Node
 from metastore_core.server import listeners, rpc
 from metastore_core.server.catalog import Service, build_services
-from metastore_core.server.figures import Figures
+from metastore_core.server.figures import Figures, exposure_warnings
 from metastore_core.server.healthcheck import HealthMonitor, livez, readyz, storage_checker, task_checker
 from metastore_core.server.http import HttpEndpoint
 from metastore_core.server.layers import reliability_layers
+from metastore_core.server.layers.auth import AuthLayer
 from metastore_core.server.layers.limits import Limiter, MemoryMonitor
 from metastore_core.server.layers.metrics import RequestMetrics, make_registry
 from metastore_core.server.layers.recovery import Recovery
@@ -42,18 +48,21 @@ from metastore_core.server.methods import Layer
 from metastore_core.server.services import faults
 from metastore_core.server.services.health import NOT_SERVING, HealthService
 from metastore_core.server.systemd import Notifier
+from metastore_core.server.tls import Certificates, TLSFiles, auto_tls
 from metastore_core.server.tracing import Tracing
 from metastore_core.storage import Storage
 from metastore_core.storage import layout as L
 from metastore_core.storage.base import StorageError
-from metastore_core.storage.datadir import DataDir
+from metastore_core.storage.datadir import DataDir, Store
 from metastore_core.storage.leveldb import LevelDBStorage
 from metastore_core.storage.memory import MemoryStorage
+from metastore_core.storage.watermark import Mark, Watermark, WatermarkError
 
 log = logging.getLogger("metastore")
 
 TASK_RESTARTS = 5
 LEASE_LOOPS = ("lease-expiry", "lease-checkpoints")
+TLS_CHECK_S = 2.0  # how often the certificate files are checked for changes
 
 
 def open_storage(config: Config, datadir: DataDir | None) -> Storage:
@@ -61,8 +70,24 @@ def open_storage(config: Config, datadir: DataDir | None) -> Storage:
         return MemoryStorage()
     if config.backend == "leveldb":
         assert datadir is not None
-        return LevelDBStorage(datadir.db_path)
+        return LevelDBStorage(datadir.db_path, create=datadir.store is Store.NEW)
     raise ValueError(f"unknown backend {config.backend!r}: want leveldb or memory")
+
+
+def open_watermark(config: Config, datadir: DataDir, storage: Storage) -> Watermark:
+    """The data dir's watermark; a new one (from the store's own index) for a new or adopted dir."""
+    if datadir.marked:
+        try:
+            return Watermark.open(datadir.path)
+        except WatermarkError as exc:
+            if not config.unsafe_accept_lost_writes:
+                raise WatermarkError(
+                    f"{exc}: cannot tell whether acknowledged writes were lost; refusing to start "
+                    "(--unsafe-accept-lost-writes starts with a new watermark)"
+                ) from None
+            log.error("%s; writing a new one (--unsafe-accept-lost-writes)", exc)
+    index = L.parse_u64(storage.get(L.META_CONSISTENT_INDEX) or L.u64(0))
+    return Watermark.create(datadir.path, Mark(index, 0))
 
 
 def raise_fd_limit(max_connections: int) -> None:
@@ -94,8 +119,11 @@ class Server:
         self.limiter = Limiter(config.max_concurrent_requests, config.request_timeout_s)
         self.memory = MemoryMonitor(config.max_memory_bytes, config.memory_check_interval_s)
         self.metrics = RequestMetrics()
+        self.auth = AuthLayer(client_cert_auth=config.client_cert_auth)
         self.layers: list[Layer] = (
-            reliability_layers(self.recovery, self.limiter, self.metrics) if layers is None else list(layers)
+            reliability_layers(self.recovery, self.limiter, self.metrics, self.auth)
+            if layers is None
+            else list(layers)
         )
         self.tracing = tracing or Tracing.from_config(config)
         if self.tracing is not None:  # off, nothing is added to the request path
@@ -110,6 +138,8 @@ class Server:
         self.storage: Storage | None = None
         self.node: Node | None = None
         self.grpc: grpc.aio.Server | None = None
+        self.tls: Certificates | None = None
+        self._tls_dir: tempfile.TemporaryDirectory[str] | None = None
         self.ports: list[int] = []
         self.services: list[Service] = []
         self._grpc_stop: asyncio.Future[None] | None = None
@@ -137,13 +167,21 @@ class Server:
             self.lifecycle.previous = load_report(self.datadir.path)
         try:
             self.storage = open_storage(cfg, self.datadir)
-            self.node = node = Node(self.storage, cfg, spawn=self._spawn)
+            watermark = None if self.datadir is None else open_watermark(cfg, self.datadir, self.storage)
+            self.node = node = Node(self.storage, cfg, spawn=self._spawn, watermark=watermark)
+            self.auth.node = node
             try:
                 await asyncio.to_thread(node.load)
             except L.CorruptRecord as exc:
                 raise StorageError(f"data is corrupt ({exc}); refusing to start") from None
+            if self.datadir is not None:
+                self.datadir.mark()  # the store exists: from now on a missing one is refused
             if cfg.corrupt_check_on_start:
                 await node.check_integrity_on_start()
+            try:
+                await node.settle_kept_alarms()
+            except (errors.StorageFailed, OSError) as exc:  # the alarm stands, writes are refused
+                log.error("could not write the alarms kept in the watermark: %s", exc)
             if self.tracing is not None:
                 node.observe_commits(self.tracing.commit)
             self.recovery.on_corrupt = node.report_corruption
@@ -173,7 +211,9 @@ class Server:
             ]
             for name in ["", *self.monitor.service_names]:
                 self.health.set(name, NOT_SERVING)
-            self.ports.extend(listeners.bind_client_urls(self.grpc, cfg.listen_client_urls))
+            self.tls = self._certificates()
+            creds = self.tls.grpc_credentials() if self.tls is not None else None
+            self.ports.extend(listeners.bind_client_urls(self.grpc, cfg.listen_client_urls, creds))
             await self._start_http(figures)
             await self.grpc.start()
             self._start_tasks(node)
@@ -187,6 +227,8 @@ class Server:
             await self.recovery.stop_tasks()
             await self._release()
             raise
+        for warning in self.warnings():
+            log.warning("%s", warning)
         f = node.figures
         data_dir = str(cfg.data_dir) if cfg.backend == "leveldb" else "-"
         log.info(
@@ -207,6 +249,35 @@ class Server:
         )
         self.systemd.ready(f"serving on {', '.join(cfg.listen_client_urls)} at revision {f.revision}")
 
+    def warnings(self) -> list[str]:
+        """Exposure warnings, as the log at start and `metastore stats` show them."""
+        return exposure_warnings(self.config, self.node is not None and self.node.auth.enabled)
+
+    def _certificates(self) -> Certificates | None:
+        cfg = self.config
+        urls = [*cfg.listen_client_urls, *cfg.listen_metrics_urls]
+        if not any(is_https(u) for u in urls):
+            return None
+        if cfg.cert_file:
+            ca = Path(cfg.trusted_ca_file) if cfg.trusted_ca_file else None
+            files = TLSFiles(Path(cfg.cert_file), Path(cfg.key_file), ca, cfg.client_cert_auth)
+        elif cfg.auto_tls:
+            if self.datadir is not None:
+                where = self.datadir.path / "fixtures" / "client"
+            else:
+                self._tls_dir = tempfile.TemporaryDirectory(prefix="metastore-tls-")
+                where = Path(self._tls_dir.name)
+            files = auto_tls(where, [split_url(u)[0] for u in urls])
+        else:
+            raise ValueError("https:// URLs need --cert-file and --key-file, or --auto-tls")
+        return Certificates(files)
+
+    async def _watch_certificates(self) -> None:
+        while True:
+            await asyncio.sleep(TLS_CHECK_S)
+            if self.tls is not None:
+                await asyncio.to_thread(self.tls.reload)
+
     async def _start_http(self, figures: Figures) -> None:
         node = figures.node
         probes = [livez(node, self.recovery), readyz(node, self.monitor)]
@@ -219,8 +290,9 @@ class Server:
         )
         for url in self.config.listen_metrics_urls:
             host, port = listeners.parse_url(url, "--listen-metrics-urls")
+            context = self.tls.ssl_context() if self.tls is not None and is_https(url) else None
             try:
-                await self.http.start(host, port)
+                await self.http.start(host, port, context)
             except OSError as exc:
                 raise OSError(f"cannot listen on {url} for metrics: {exc}") from None
 
@@ -236,6 +308,8 @@ class Server:
         rec.safe_spawn_with_restart("health-monitor", self.monitor.run, 1000)
         rec.safe_spawn_with_restart("memory-monitor", self.memory.run, 1000)
         rec.safe_spawn_with_restart("request-timeouts", self.limiter.run_timeouts, 1000)
+        if self.tls is not None:
+            rec.safe_spawn_with_restart("tls-reload", self._watch_certificates, 1000)
         if self.systemd.enabled and self.systemd.watchdog_s > 0:
 
             def alive() -> bool:  # pings stop once a supervised loop gives up: systemd restarts us
@@ -304,7 +378,10 @@ class Server:
 
     async def serve_until_stopped(self) -> int:
         """Serve until a signal, `metastore stop` or the Shutdown RPC; then shut down."""
-        self.lifecycle.install_signal_handlers(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        self.lifecycle.install_signal_handlers(loop)
+        if self.tls is not None:  # SIGHUP: re-read the certificates now (etcd users expect it)
+            loop.add_signal_handler(signal.SIGHUP, self.tls.reload, True)
         await self.lifecycle.requested.wait()
         return await self.shutdown()
 
@@ -318,3 +395,6 @@ class Server:
             self.storage.close()
         if self.datadir is not None:
             self.datadir.release()
+        if self._tls_dir is not None:
+            with contextlib.suppress(OSError):
+                self._tls_dir.cleanup()

@@ -16,9 +16,10 @@ from collections.abc import Callable, Sequence
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from metastore_core import __version__
-from metastore_core.config import Config
+from metastore_core.config import Config, is_https, split_url
 from metastore_core.member.node import ETCD_API_VERSION, Node
 from metastore_core.pb.metastore.admin.v1 import admin_pb2 as apb
+from metastore_core.peers import is_loopback_host
 from metastore_core.server.healthcheck import HealthMonitor, Probes
 from metastore_core.server.layers.limits import Limiter, MemoryMonitor, count_connections
 from metastore_core.server.layers.metrics import RequestMetrics
@@ -42,6 +43,20 @@ ETCD_SPELLINGS = frozenset(
     }
 )
 Read = Callable[[], float]
+
+
+def exposure_warnings(config: Config, auth_enabled: bool) -> list[str]:
+    """What a daemon reachable from other hosts says loudly (it keeps serving: some run so)."""
+    out = []
+    for url in config.listen_client_urls:
+        host, _ = split_url(url)
+        if is_loopback_host(host):
+            continue
+        if not is_https(url):
+            out.append(f"{url} serves plaintext to the network: anyone on the path reads tokens and data")
+        if not auth_enabled:
+            out.append(f"{url} is open to the network with auth off: anyone can read and write every key")
+    return out
 
 
 class Figures:
@@ -102,6 +117,7 @@ class Figures:
             serving=mon.serving,
             health_reasons=mon.reasons(),
             pid=os.getpid(),
+            warnings=exposure_warnings(self.config, self.node.auth.enabled),
         )
         report = self.lifecycle.report or self.lifecycle.previous
         if report is not None:

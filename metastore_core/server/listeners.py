@@ -1,8 +1,9 @@
 """The listeners: which addresses the daemon serves on, and the gRPC transport options.
 
-Client URLs carry gRPC; metrics URLs carry HTTP (/metrics, /health). Only
-http:// is served: TLS (https://) comes with the auth/TLS work, so an
-https:// URL is refused at start rather than served as plaintext.
+Client URLs carry gRPC; metrics URLs carry HTTP (/metrics, /health). https://
+URLs serve TLS with the certificate set of server/tls.py; a Config built in
+code that asks for https:// without one is refused at bind, never served as
+plaintext.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import socket
 
 import grpc
 
-from metastore_core.config import Config, split_url
+from metastore_core.config import Config, is_https, split_url
 
 
 def parse_url(url: str, flag: str) -> tuple[str, int]:
@@ -66,14 +67,23 @@ def check_free(host: str, port: int) -> None:
                 raise OSError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
-def bind_client_urls(server: grpc.aio.Server, urls: list[str]) -> list[int]:
+def bind_client_urls(
+    server: grpc.aio.Server, urls: list[str], credentials: grpc.ServerCredentials | None = None
+) -> list[int]:
     """Listen on every client URL; returns the bound ports (OSError naming a taken address)."""
     ports = []
     for url in urls:
         addr = grpc_address(url)
+        if is_https(url) and credentials is None:
+            raise ValueError(
+                f"--listen-client-urls {url}: https:// needs a certificate (--cert-file, --auto-tls)"
+            )
         check_free(*parse_url(url, "--listen-client-urls"))
         try:
-            port = server.add_insecure_port(addr)
+            if is_https(url):
+                port = server.add_secure_port(addr, credentials)
+            else:
+                port = server.add_insecure_port(addr)
         except RuntimeError as exc:
             raise OSError(f"cannot listen on {addr}: {exc}") from None
         if not port:

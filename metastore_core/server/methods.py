@@ -15,6 +15,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 
+from metastore_core.engine.auth import ANONYMOUS
 from metastore_core.engine.entry import AuthInfo
 
 
@@ -26,14 +27,19 @@ class Policy:
     limits: bool = True  # counted against, and refused by, the resource limits
     auth: bool = True  # needs credentials once auth is on
     admin: bool = False  # needs the root role once auth is on
+    local: bool = False  # while auth is off, loopback callers only
 
 
 DEFAULT = Policy()
 POLICIES: dict[str, Policy] = {
     # Probes must answer a saturated or locked-down daemon; Kubernetes probes send no credentials.
     "grpc.health.v1.Health": Policy(layers=False, limits=False, auth=False),
-    # The operator's door: answers when the daemon is saturated, root only once auth is on.
-    "metastore.admin.v1.Admin": Policy(limits=False, admin=True),
+    # The operator's door: answers when the daemon is saturated; root only once auth is on, and
+    # only callers on this host while it is off (anyone could stop the daemon otherwise).
+    "metastore.admin.v1.Admin": Policy(limits=False, admin=True, local=True),
+    # The way in needs no credentials; AuthStatus tells only the flag and the revision (etcd 3.5).
+    "/etcdserverpb.Auth/Authenticate": Policy(auth=False),
+    "/etcdserverpb.Auth/AuthStatus": Policy(auth=False),
     # etcd's authMaintenanceServer: these read or reshape the whole store.
     "/etcdserverpb.Maintenance/Defragment": Policy(admin=True),
     "/etcdserverpb.Maintenance/Snapshot": Policy(admin=True),
@@ -77,7 +83,9 @@ class Call:
     __slots__ = ("auth",)
 
     def __init__(self) -> None:
-        self.auth: AuthInfo | None = None  # set by the auth layer once auth exists
+        # Who is calling, set by the auth layer: a client that named no one is ANONYMOUS (None
+        # is the member itself, trusted, and never a client; see engine/auth.py).
+        self.auth: AuthInfo | None = ANONYMOUS
 
     def peer(self) -> str:
         """Who is calling ("ipv4:127.0.0.1:53412"), as far as the transport knows."""
@@ -86,6 +94,10 @@ class Call:
     def metadata(self, key: str) -> str | None:
         """A request header / metadata value (e.g. "token"), or None."""
         return None
+
+    def common_name(self) -> str:
+        """The CN of the client certificate the transport verified, or ""."""
+        return ""
 
 
 # (request or request iterator, call) -> response, or an async iterator of responses

@@ -18,6 +18,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 
 from metastore_core import errors
+from metastore_core.engine.auth import ANONYMOUS
 from metastore_core.server.methods import Behaviour, Call, Layer, MethodInfo, method_info
 from metastore_core.server.status import code_of
 
@@ -42,7 +43,7 @@ class GrpcCall(Call):
     __slots__ = ("_context",)
 
     def __init__(self, context: grpc.aio.ServicerContext) -> None:
-        self.auth = None
+        self.auth = ANONYMOUS
         self._context = context
 
     def peer(self) -> str:
@@ -53,6 +54,11 @@ class GrpcCall(Call):
             if k == key:
                 return str(v)
         return None
+
+    def common_name(self) -> str:
+        # grpc fills x509_common_name only for a certificate that verified against the CA
+        names = (self._context.auth_context() or {}).get("x509_common_name") or ()
+        return bytes(names[0]).decode(errors="replace") if names else ""
 
 
 class Bytes(Protocol):

@@ -13,8 +13,11 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf import empty_pb2
+from prometheus_client.parser import text_string_to_metric_families
 from reliability_kit import FAULTS, http_get, start_with_faults, stats
+from typer.testing import CliRunner
 
+from metastore_cli.main import app
 from metastore_core.pb.etcdserverpb import rpc_pb2 as pb
 from metastore_core.pb.etcdserverpb import rpc_pb2_grpc as rpc
 
@@ -33,7 +36,16 @@ def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     )
 
 
+def cli_in_process(*args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI run here, not in a new interpreter (that costs a second a call on a loaded CI)."""
+    r = CliRunner().invoke(app, list(args))
+    if r.exception is not None and not isinstance(r.exception, SystemExit):
+        raise r.exception
+    return subprocess.CompletedProcess(list(args), r.exit_code, r.stdout, r.stderr)
+
+
 def test_health_exit_codes(tmp_path: Path) -> None:
+    cli = cli_in_process
     p = start_with_faults(tmp_path / "data")
     try:
         ep = f"--endpoints={p.endpoint}"
@@ -100,11 +112,12 @@ def test_stop_waits_until_the_daemon_is_gone(tmp_path: Path) -> None:
 
 
 def test_stop_without_a_daemon(tmp_path: Path) -> None:
-    r = cli("stop", f"--endpoints=127.0.0.1:{free_port()}", "--dial-timeout", "0.5")
+    r = cli_in_process("stop", f"--endpoints=127.0.0.1:{free_port()}", "--dial-timeout", "0.5")
     assert r.returncode == 7 and "cannot connect" in r.stderr
 
 
 def test_stats_printers(shared_metastore: Proc) -> None:
+    cli = cli_in_process
     ep = f"--endpoints={shared_metastore.endpoint}"
     r = cli("stats", ep)
     assert r.returncode == 0, r.stderr
@@ -120,8 +133,20 @@ def test_stats_printers(shared_metastore: Proc) -> None:
     assert cli("stats", ep, "-w", "yaml").returncode != 0
 
 
+def _get_stats_calls(p: Proc) -> float:
+    """How many GetStats calls the daemon has started (its /metrics)."""
+    body = http_get(p.metrics_port, "/metrics")[1]
+    return sum(
+        s.value
+        for f in text_string_to_metric_families(body)
+        for s in f.samples
+        if s.name == "grpc_server_started_total" and s.labels.get("grpc_method") == "GetStats"
+    )
+
+
 @pytest.mark.parametrize("write_out", ["table", "json"])
 def test_stats_watch_refreshes_until_interrupted(shared_metastore: Proc, write_out: str) -> None:
+    before = _get_stats_calls(shared_metastore)
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -140,7 +165,11 @@ def test_stats_watch_refreshes_until_interrupted(shared_metastore: Proc, write_o
         text=True,
         cwd=ROOT,
     )
-    time.sleep(2)
+    # Ctrl-C once it has refreshed twice (its handler is in place by then): however loaded the
+    # machine, the interrupt lands inside the refresh loop, which is what must not hang
+    deadline = time.monotonic() + 60
+    while _get_stats_calls(shared_metastore) < before + 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
     os.kill(proc.pid, signal.SIGINT)
     out, _ = proc.communicate(timeout=10)
     assert proc.returncode == 0

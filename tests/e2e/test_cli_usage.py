@@ -45,9 +45,9 @@ def test_dash_h_is_help(command: list[str]) -> None:
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
 def test_an_unknown_flag_is_one_line_and_exit_2(command: list[str]) -> None:
     code, out, err = run(*command, "--bogus")
-    assert code == EXIT_USAGE
-    assert err == f"Error: No such option: --bogus (see metastore {' '.join(command)} --help)\n"
-    assert out == ""
+    assert code == EXIT_USAGE and out == ""
+    assert err.startswith("Error: No such option: --bogus") and len(err.splitlines()) == 1
+    assert err.endswith(f"(see metastore {' '.join(command)} --help)\n")  # click may suggest a flag between
 
 
 @pytest.mark.parametrize(

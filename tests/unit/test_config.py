@@ -33,6 +33,10 @@ TEXT_SAMPLES = {
     "experimental-distributed-tracing-address": "collector:4317",
     "experimental-distributed-tracing-service-name": "kv-store",
     "experimental-distributed-tracing-instance-id": "member-1",
+    "auth-token": "jwt,pub-key=/etc/metastore/jwt.pub,sign-method=ES256",
+    "cert-file": "/etc/metastore/server.pem",
+    "key-file": "/etc/metastore/server-key.pem",
+    "trusted-ca-file": "/etc/metastore/ca.pem",
 }
 
 
@@ -216,14 +220,13 @@ def test_bad_values_are_refused_naming_flag_and_value(
 @pytest.mark.parametrize(
     ("url", "reason"),
     [
-        ("https://127.0.0.1:2379", "TLS is not supported yet (it comes with the auth/TLS work); use http://"),
-        ("unix://127.0.0.1:2379", "unix:// is not supported; use http://"),
-        ("http://127.0.0.1", "want http://HOST:PORT"),
-        ("http://127.0.0.1:99999", "want http://HOST:PORT"),
-        ("http://127.0.0.1:2379/v3", "want http://HOST:PORT"),
+        ("unix://127.0.0.1:2379", "unix:// is not supported; use http:// or https://"),
+        ("http://127.0.0.1", "want http://HOST:PORT or https://HOST:PORT"),
+        ("https://127.0.0.1:99999", "want http://HOST:PORT or https://HOST:PORT"),
+        ("http://127.0.0.1:2379/v3", "want http://HOST:PORT or https://HOST:PORT"),
     ],
 )
-def test_urls_must_be_plain_http(flag: str, url: str, reason: str) -> None:
+def test_urls_must_be_http_or_https(flag: str, url: str, reason: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(None, {flag: f"http://127.0.0.1:1,{url}"}, env={})
     assert str(info.value) == f"--{flag} {url}: {reason}"
@@ -232,8 +235,32 @@ def test_urls_must_be_plain_http(flag: str, url: str, reason: str) -> None:
 def test_urls_accepted() -> None:
     cfg = load_config(None, {"listen-client-urls": "http://127.0.0.1:1, [::1]:2,HTTP://localhost:3/"}, env={})
     assert [host_port(u) for u in cfg.listen_client_urls] == ["127.0.0.1:1", "[::1]:2", "localhost:3"]
-    with pytest.raises(ValueError, match="TLS is not supported yet"):
-        host_port("https://127.0.0.1:1")
+    assert host_port("https://127.0.0.1:1") == "127.0.0.1:1"
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            {"listen-client-urls": "https://127.0.0.1:1"},
+            "https://127.0.0.1:1 needs --cert-file and --key-file, or --auto-tls",
+        ),
+        (
+            {"listen-metrics-urls": "HTTPS://127.0.0.1:1"},
+            "HTTPS://127.0.0.1:1 needs --cert-file and --key-file, or --auto-tls",
+        ),
+        ({"cert-file": "/c.pem"}, "--cert-file and --key-file go together"),
+        (
+            {"client-cert-auth": "true"},
+            "--client-cert-auth needs --trusted-ca-file to verify client certificates",
+        ),
+    ],
+)
+def test_tls_options_go_together(flags: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, flags, env={})
+    assert str(info.value) == message
+    load_config(None, {"listen-client-urls": "https://127.0.0.1:1", "auto-tls": "true"}, env={})
 
 
 def test_config_imports_no_io_or_cli_framework() -> None:

@@ -17,6 +17,7 @@ from metastore_core.server.lifecycle import PHASES, Lifecycle
 from metastore_core.server.methods import Call, MethodInfo, method_info
 from metastore_core.server.status import GO_NAMES, Code
 from metastore_core.storage import layout as L
+from metastore_core.storage.base import StorageError
 from metastore_core.storage.memory import MemoryStorage
 from metastore_core.storage.scrub import scrub
 
@@ -219,6 +220,27 @@ async def test_recovery_layer_maps_panics_and_counts() -> None:
         await fn(None, Call())
     assert rec.validation_error_count == 1 and rec.panic_count == 1
     assert metrics.methods[1].handled[Code.INVALID_ARGUMENT] == 1
+
+
+async def test_recovery_layer_answers_a_failed_disk_unavailable_and_corrupt_data_data_loss() -> None:
+    rec = Recovery()
+    reported: list[Exception] = []
+    rec.on_corrupt = reported.append
+    for exc, want in [
+        (
+            StorageError("LevelDB at /d/db is closed: reopening it failed (No space left on device)"),
+            errors.Unavailable,
+        ),
+        (L.CorruptRecord("LevelDB: Corruption: block checksum mismatch"), errors.Corrupt),
+    ]:
+
+        async def failing(request: Any, call: Call, exc: Exception = exc) -> None:
+            raise exc
+
+        with pytest.raises(want) as info:
+            await rec.layer(RequestMetrics())(_info("/etcdserverpb.KV/Range"), failing)(None, Call())
+        assert want is errors.Corrupt or "storage unavailable (LevelDB at /d/db is closed" in info.value.text
+    assert rec.panic_count == 0 and len(reported) == 1
 
 
 async def test_safe_spawn_with_restart_gives_up_after_max() -> None:

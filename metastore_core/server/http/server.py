@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 
 from metastore_core.server.http.connection import Connection
 from metastore_core.server.http.limits import Limits
@@ -28,10 +29,16 @@ class HttpServer:
         """Connections being served now, on all addresses."""
         return len(self._connections)
 
-    async def start(self, host: str, port: int) -> int:
-        """Listen on host:port (0 picks a free port); returns the bound port."""
+    async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> int:
+        """Listen on host:port (0 picks a free port), with TLS when given a context; returns the port."""
         server = await asyncio.start_server(
-            self._accept, host, port, reuse_address=True, limit=self.limits.read_size
+            self._accept,
+            host,
+            port,
+            reuse_address=True,
+            limit=self.limits.read_size,
+            ssl=tls,
+            ssl_handshake_timeout=self.limits.request_timeout if tls is not None else None,
         )
         self.servers.append(server)
         bound = int(server.sockets[0].getsockname()[1])

@@ -6,13 +6,16 @@ method that takes (request, Call); rpc.py binds the wrapped method to gRPC.
 
 from __future__ import annotations
 
-from metastore_core.server.layers.auth import auth_layer
+from metastore_core.server.layers.auth import AuthLayer
 from metastore_core.server.layers.limits import Limiter
 from metastore_core.server.layers.metrics import RequestMetrics
 from metastore_core.server.layers.recovery import Recovery
 from metastore_core.server.methods import Layer
 
 
-def reliability_layers(recovery: Recovery, limiter: Limiter, metrics: RequestMetrics | None) -> list[Layer]:
-    """recovery -> limits -> auth -> handler (the list is innermost first)."""
-    return [auth_layer, limiter.layer(), recovery.layer(metrics)]
+def reliability_layers(
+    recovery: Recovery, limiter: Limiter, metrics: RequestMetrics | None, auth: AuthLayer | None = None
+) -> list[Layer]:
+    """recovery -> limits -> auth -> handler (the list is innermost first; no auth layer: none)."""
+    inner = [] if auth is None else [auth.layer()]
+    return [*inner, limiter.layer(), recovery.layer(metrics)]

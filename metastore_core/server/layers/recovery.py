@@ -5,7 +5,8 @@ domain error becomes errors.Internal ("internal server error: panic
 recovered") for that one request, is logged with its stack, counted, and
 handed to the configured handlers; the process keeps serving. A record that
 fails its CRC check becomes errors.Corrupt and is reported (the member raises
-the CORRUPT alarm). The same layer counts validation failures
+the CORRUPT alarm); any other storage failure becomes errors.Unavailable
+naming it (a disk problem is no panic). The same layer counts validation failures
 (INVALID_ARGUMENT) and feeds the request metrics, so one wrapper observes
 every call's final code.
 
@@ -29,6 +30,7 @@ from metastore_core import errors
 from metastore_core.server.layers.metrics import RequestMetrics
 from metastore_core.server.methods import Behaviour, Call, Layer, MethodInfo
 from metastore_core.server.status import Code, code_of
+from metastore_core.storage.base import StorageError
 from metastore_core.storage.layout import CorruptRecord
 
 log = logging.getLogger("metastore.recovery")
@@ -86,6 +88,9 @@ class Recovery:
         if isinstance(exc, CorruptRecord):
             self.corrupt(exc)
             return errors.Corrupt()
+        if isinstance(exc, StorageError):  # the disk failed, not the code: no panic, and retryable
+            log.error("storage failed in %s: %s", where, exc)
+            return errors.Unavailable(f"etcdserver: storage unavailable ({exc})")
         self.panic(where, exc)
         return errors.Internal()
 
