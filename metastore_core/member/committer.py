@@ -183,7 +183,7 @@ class Committer:
             self.store.storage.write(d.batch, sync=self.sync)
             if self.watermark is not None and self.sync:
                 try:
-                    self.watermark.advance(d.index, d.rev)
+                    self.watermark.advance(d.index, d.rev, time.monotonic())
                 except OSError as exc:  # the batch is on disk, but unconfirmed: not acknowledged
                     raise StorageError(f"cannot write the watermark: {exc}") from exc
         finally:

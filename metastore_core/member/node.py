@@ -43,7 +43,7 @@ from metastore_core.mvcc.store import MVCCStore
 from metastore_core.pb.etcdserverpb import rpc_pb2 as pb
 from metastore_core.storage import Storage
 from metastore_core.storage import layout as L
-from metastore_core.storage.watermark import Mark, Watermark
+from metastore_core.storage.watermark import SYNC_INTERVAL_S, Mark, Watermark
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,18 @@ class Node:
         if self._config.corrupt_check_interval_s > 0:
             loops.append(Loop("corrupt-check", self._integrity.run))
         loops.append(Loop("storage-recovery", self._guard.run_recovery))
+        if self._watermark is not None and self._config.fsync:
+            loops.append(Loop("watermark-sync", self._sync_watermark))
         return loops
+
+    async def _sync_watermark(self) -> None:
+        """Bring the last written watermark to disk within SYNC_INTERVAL_S (storage/watermark.py)."""
+        watermark = self._watermark
+        assert watermark is not None
+        while True:
+            await asyncio.sleep(SYNC_INTERVAL_S)
+            if not self._guard.failure:
+                await self._committer.run_io(lambda: watermark.sync(time.monotonic()))
 
     async def persist(self) -> None:
         """Shutdown's persist phase: exact lease TTLs, then everything staged made durable."""
