@@ -29,16 +29,24 @@ Metadata = list[tuple[str, str]]
 
 def cacert_option() -> Any:
     return typer.Option(
-        "", "--cacert", envvar="METASTORE_CACERT", help="Verify the daemon's certificate with this CA bundle."
+        "",
+        "--cacert",
+        envvar="METASTORE_CACERT",
+        help="Verify the daemon's certificate with this CA bundle.",
+        metavar="PATH",
     )
 
 
 def cert_option() -> Any:
-    return typer.Option("", "--cert", envvar="METASTORE_CERT", help="Client certificate (mutual TLS).")
+    return typer.Option(
+        "", "--cert", envvar="METASTORE_CERT", help="Client certificate (mutual TLS).", metavar="PATH"
+    )
 
 
 def key_option() -> Any:
-    return typer.Option("", "--key", envvar="METASTORE_KEY", help="Key of the client certificate.")
+    return typer.Option(
+        "", "--key", envvar="METASTORE_KEY", help="Key of the client certificate.", metavar="PATH"
+    )
 
 
 def insecure_option() -> Any:
@@ -51,11 +59,15 @@ def insecure_option() -> Any:
 
 
 def user_option() -> Any:
-    return typer.Option("", "--user", envvar="METASTORE_USER", help="NAME[:PASSWORD] to authenticate as.")
+    return typer.Option(
+        "", "--user", envvar="METASTORE_USER", help="User to authenticate as.", metavar="NAME[:PASSWORD]"
+    )
 
 
 def password_option() -> Any:
-    return typer.Option("", "--password", envvar="METASTORE_PASSWORD", help="Password of --user.")
+    return typer.Option(
+        "", "--password", envvar="METASTORE_PASSWORD", help="Password of --user.", metavar="PASSWORD"
+    )
 
 
 @dataclass(frozen=True)
@@ -119,11 +131,8 @@ def with_credentials(auth: bool = True) -> Callable[[F], F]:
         @functools.wraps(fn)
         def command(**kwargs: Any) -> Any:
             given = {name: kwargs.pop(name) for name in flags}
-            try:
-                kwargs["creds"] = credentials(kwargs["endpoints"], **given)
-            except typer.BadParameter as exc:
-                typer.echo(f"Error: {exc.format_message()}", err=True)
-                raise typer.Exit(1) from None
+            # a bad combination is a usage error: one line and exit 2, as every other one
+            kwargs["creds"] = credentials(kwargs["endpoints"], **given)
             return fn(**kwargs)
 
         command.__signature__ = sig.replace(parameters=[*kept, *added])  # type: ignore[attr-defined]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import time
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -13,12 +14,16 @@ from rich.table import Table
 
 from metastore_cli.connect import Credentials, dial, with_credentials
 from metastore_cli.ops import (
-    EXIT_BAD_CONNECTION,
     EXIT_SERVER_ERROR,
+    EXIT_UNREACHABLE,
+    check_positive,
     check_write_out,
+    command_timeout_option,
+    dial_timeout_option,
     dump_json,
     endpoints_option,
     fail,
+    interrupt_event,
     parse_endpoints,
     to_json_obj,
     write_out_option,
@@ -119,21 +124,30 @@ def fetch(
         conn.close()
 
 
+def _refresh(stop: threading.Event, interval: float, show: Callable[[], None]) -> None:
+    while not stop.is_set():
+        show()
+        stop.wait(interval)
+
+
 @with_credentials()
 def stats(
     endpoints: str = endpoints_option(),
     write_out: str = write_out_option(),
-    watch: bool = typer.Option(False, "--watch", help="Refresh the table until Ctrl-C."),
+    watch: bool = typer.Option(
+        False, "--watch", help="Refresh until Ctrl-C (with -w json: one JSON line per refresh)."
+    ),
     interval: float = typer.Option(
         2.0, "-i", "--interval", help="Seconds between refreshes with --watch [2]."
     ),
-    dial_timeout: float = typer.Option(2.0, "--dial-timeout", help="Seconds to connect [2]."),
-    command_timeout: float = typer.Option(5.0, "--command-timeout", help="Seconds for the RPC [5]."),
+    dial_timeout: float = dial_timeout_option(),
+    command_timeout: float = command_timeout_option(),
     creds: Credentials = Credentials(),
 ) -> None:
     """Show limits, panic and validation error counts, storage, watch and lease figures."""
     check_write_out(write_out)
     eps = parse_endpoints(endpoints)
+    check_positive(interval=interval, dial_timeout=dial_timeout, command_timeout=command_timeout)
 
     def get_all() -> list[tuple[str, admin_pb2.GetStatsResponse]]:
         out = []
@@ -141,25 +155,33 @@ def stats(
             try:
                 out.append((ep, fetch(ep, creds, dial_timeout, command_timeout)))
             except grpc.FutureTimeoutError:
-                raise fail(f"cannot connect to {ep} within {dial_timeout:g}s", EXIT_BAD_CONNECTION) from None
+                raise fail(f"cannot connect to {ep} within {dial_timeout:g}s", EXIT_UNREACHABLE) from None
             except grpc.RpcError as exc:
                 raise fail(f"{ep}: {exc.code().name}: {exc.details()}", EXIT_SERVER_ERROR) from None
         return out
 
+    def as_json() -> str:
+        # every figure, zeros included: scripts read them by name
+        objs: list[dict[str, Any]] = [{"endpoint": ep, **to_json_obj(s, zeros=True)} for ep, s in get_all()]
+        return dump_json(objs if len(objs) > 1 else objs[0])
+
+    if watch and write_out == "json":
+        with interrupt_event() as stop:
+            _refresh(stop, interval, lambda: typer.echo(as_json()))
+        return
     if watch:
-        console = Console()
-        with Live(console=console, auto_refresh=False) as live:
-            try:
-                while True:
-                    live.update(Group(*(rich_table(ep, s) for ep, s in get_all())), refresh=True)
-                    time.sleep(interval)
-            except KeyboardInterrupt:
-                return
-    results = get_all()
+        with interrupt_event() as stop, Live(console=Console(), auto_refresh=False) as live:
+            _refresh(
+                stop,
+                interval,
+                lambda: live.update(Group(*(rich_table(ep, s) for ep, s in get_all())), refresh=True),
+            )
+        return
     if write_out == "json":
-        objs: list[dict[str, Any]] = [{"endpoint": ep, **to_json_obj(s)} for ep, s in results]
-        typer.echo(dump_json(objs if len(objs) > 1 else objs[0]))
-    elif write_out == "table":
+        typer.echo(as_json())
+        return
+    results = get_all()
+    if write_out == "table":
         console = Console()
         for ep, s in results:
             console.print(rich_table(ep, s))

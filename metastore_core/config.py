@@ -29,6 +29,7 @@ from metastore_core.setting import (
     declare,
     more_than,
     one_of,
+    show,
 )
 from metastore_core.tokenspec import parse_options
 
@@ -46,7 +47,9 @@ WATCH_LEASE = "Watch and lease"
 COMPACTION = "Compaction"
 SECURITY = "Auth and TLS"
 PROCESS = "Process"
-GROUPS = (STORAGE, NETWORK, SECURITY, REQUESTS, RELIABILITY, WATCH_LEASE, COMPACTION, PROCESS)
+TRACING = "Tracing"
+GROUPS = (STORAGE, NETWORK, SECURITY, REQUESTS, RELIABILITY, WATCH_LEASE, COMPACTION, PROCESS, TRACING)
+SAMPLES_PER_MILLION = 1_000_000
 
 
 def is_https(url: str) -> bool:
@@ -294,6 +297,16 @@ class Config:
             inverted=True,
         ),
     )
+    grpc_reflection: bool = declare(
+        True,
+        Setting(
+            "grpc-reflection",
+            NETWORK,
+            "Serve gRPC server reflection on the client port, so grpcurl can list and call the services.",
+            more="It describes the services (etcd's, health, admin); it answers no data and takes no "
+            "credentials, as with kine. --no-grpc-reflection turns it off.",
+        ),
+    )
     unsafe_accept_lost_writes: bool = declare(
         False,
         Setting(
@@ -489,6 +502,68 @@ class Config:
     log_level: str = declare(
         "info", Setting("log-level", PROCESS, "Log level.", check=one_of("debug", "info", "warning", "error"))
     )
+    log_format: str = declare(
+        "console",
+        Setting(
+            "log-format",
+            PROCESS,
+            "Log lines as text (console) or one JSON object each (json, with etcd's keys).",
+            check=one_of("console", "json"),
+            more="JSON lines carry level, ts, caller, logger and msg, then the event's own fields, as "
+            "etcd's zap logs do. The libraries' records (grpc, asyncio) take the same path.",
+        ),
+    )
+
+    # OpenTelemetry, spelled as etcd 3.5's flags (embed/config_tracing.go); server/tracing.py
+    experimental_enable_distributed_tracing: bool = declare(
+        False,
+        Setting(
+            "experimental-enable-distributed-tracing",
+            TRACING,
+            "Send OpenTelemetry spans (every RPC, every batch commit) to an OTLP collector.",
+            more="Needs the tracing extra (pip install 'metastore[tracing]'). Off, it costs nothing: "
+            "no layer is added and nothing is imported. Incoming W3C traceparent metadata is honoured.",
+        ),
+    )
+    experimental_distributed_tracing_address: str = declare(
+        "localhost:4317",
+        Setting(
+            "experimental-distributed-tracing-address",
+            TRACING,
+            "OTLP gRPC collector address (plaintext).",
+            metavar="HOST:PORT",
+        ),
+    )
+    experimental_distributed_tracing_service_name: str = declare(
+        "metastore",
+        Setting(
+            "experimental-distributed-tracing-service-name",
+            TRACING,
+            "service.name of the spans; use one name for all members (etcd's default is etcd).",
+        ),
+    )
+    experimental_distributed_tracing_instance_id: str = declare(
+        "",
+        Setting(
+            "experimental-distributed-tracing-instance-id",
+            TRACING,
+            "service.instance.id of the spans, unique per member; none by default.",
+        ),
+    )
+    experimental_distributed_tracing_sampling_rate: int = declare(
+        0,
+        Setting(
+            "experimental-distributed-tracing-sampling-rate",
+            TRACING,
+            "Spans sampled per million root spans; requests whose caller sampled them are always traced.",
+            check=Rule(
+                "from 0 to 1000000",
+                lambda v: None if 0 <= v <= SAMPLES_PER_MILLION else "must be from 0 to 1000000",
+            ),
+            metavar="PER_MILLION",
+            more="As etcd: 0 samples no root span of our own (only those a traced caller asks for).",
+        ),
+    )
 
     @property
     def limits(self) -> Limits:
@@ -531,6 +606,14 @@ def load_config(
 
     Raises ConfigError, one line naming the option, the value and where it came from.
     """
+    return load_config_traced(yaml_path, overrides, env)[0]
+
+
+def load_config_traced(
+    yaml_path: Path | None, overrides: Mapping[str, Any], env: Mapping[str, str] | None = None
+) -> tuple[Config, dict[str, str]]:
+    """load_config, and where each option's value came from, by flag: 'flag', 'env
+    METASTORE_MAX_MEMORY', 'file /etc/metastore.yaml', 'preset safe' or 'default'."""
     given = _from_yaml(yaml_path) if yaml_path is not None else {}
     given.update(_from_env(os.environ if env is None else env))
     for key, raw in overrides.items():
@@ -539,7 +622,34 @@ def load_config(
     preset = _value(BY_FLAG["preset"], given, "default")
     values = {s.flag: preset if s.flag == "preset" else _value(s, given, preset) for s in SETTINGS}
     _check_together(values, given)
-    return Config(**{s.attr: s.attr_value(values[s.flag]) for s in SETTINGS})
+    config = Config(**{s.attr: s.attr_value(values[s.flag]) for s in SETTINGS})
+    return config, {s.flag: _source(s, given, preset, yaml_path) for s in SETTINGS}
+
+
+def _source(s: Setting, given: Given, preset: str, yaml_path: Path | None) -> str:
+    if s.flag in given:
+        origin = given[s.flag][1]
+        if not origin:
+            return "flag"
+        return f"env {origin}" if origin == s.env else f"file {yaml_path}"
+    return f"preset {preset}" if preset in s.presets else "default"
+
+
+MASK = "******"
+
+
+def effective(
+    config: Config, sources: Mapping[str, str], settings: tuple[Setting, ...] = SETTINGS
+) -> dict[str, str]:
+    """What start-up logs: 'value (source)' per option, by flag; a secret shows only whether it is set."""
+    out = {}
+    for s in settings:
+        if s.hidden and sources.get(s.flag, "default") == "default":
+            continue
+        value = s.attr_value(getattr(config, s.attr))
+        shown = (MASK if value else "(unset)") if s.secret else show(value)
+        out[s.option] = f"{shown} ({sources.get(s.flag, 'default')})"
+    return out
 
 
 Given = dict[str, tuple[Any, str]]  # flag -> (raw value, where it came from; "" = a flag)

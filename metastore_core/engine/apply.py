@@ -53,6 +53,20 @@ def _compare_kv(c: pb.Compare, kv: KeyValue) -> bool:
     return bool(a < b)
 
 
+class OpCounts:
+    """etcd's etcd_mvcc_{range,put,delete,txn}_total: every range, put and delete applied, in
+    a Txn or alone; a txn counts when it ran more than one of them (mvcc/metrics_txn.go)."""
+
+    __slots__ = ("deletes", "puts", "ranges", "txns")
+
+    def __init__(self) -> None:
+        self.ranges = self.puts = self.deletes = self.txns = 0
+
+    @property
+    def total(self) -> int:
+        return self.ranges + self.puts + self.deletes
+
+
 class Applier:
     """Applies write commands to the store, the lessor, the alarms and the auth store."""
 
@@ -68,6 +82,7 @@ class Applier:
         self.lessor = lessor
         self.alarms = alarms
         self.clock = clock
+        self.ops = OpCounts()
         self.auth = auth if auth is not None else AuthStore(store, lessor.keys_of)
         self._dispatch: dict[type, Callable[[Any], Any]] = {
             pb.PutRequest: self.put,
@@ -106,6 +121,7 @@ class Applier:
         self._check_put(r)
         txn = self.store.begin()
         resp = self._put(txn, r)
+        self.ops.puts += 1
         return resp
 
     def _put(self, txn: WriteTxn, r: pb.PutRequest) -> pb.PutResponse:
@@ -137,6 +153,7 @@ class Applier:
     def delete_range(self, r: pb.DeleteRangeRequest) -> pb.DeleteRangeResponse:
         txn = self.store.begin()
         resp = self._delete(txn, r)
+        self.ops.deletes += 1
         return resp
 
     def _delete(self, txn: WriteTxn, r: pb.DeleteRangeRequest) -> pb.DeleteRangeResponse:
@@ -197,7 +214,10 @@ class Applier:
         self._check_ops(r, path, 0)
         txn = self.store.begin()
         resp = pb.TxnResponse()
+        before = self.ops.total
         self._run_txn(txn, r, path, 0, resp)
+        if self.ops.total - before > 1:
+            self.ops.txns += 1
         resp.header.revision = txn.rev if txn.changed else self.store.applied_rev
         return resp
 
@@ -216,10 +236,13 @@ class Applier:
                 res = range_at(self.store, rr, rr.revision if rr.revision > 0 else cur)
                 res.header.revision = cur
                 out.response_range.CopyFrom(res)
+                self.ops.ranges += 1
             elif kind == "request_put":
                 out.response_put.CopyFrom(self._put(txn, op.request_put))
+                self.ops.puts += 1
             elif kind == "request_delete_range":
                 out.response_delete_range.CopyFrom(self._delete(txn, op.request_delete_range))
+                self.ops.deletes += 1
             else:
                 inner = out.response_txn
                 inner.header.SetInParent()

@@ -198,6 +198,11 @@ class WatchHub:
     def watcher_count(self) -> int:
         return sum(len(s.watchers) for s in self.sessions)
 
+    @property
+    def unsynced_count(self) -> int:
+        """Watchers not yet caught up with the store (from a past revision, or fallen behind)."""
+        return sum(1 for s in self.sessions for w in s.watchers.values() if not w.synced)
+
     def _add(self, w: Watcher) -> None:
         if w.single_key:
             self._by_key.setdefault(w.key, set()).add(w)

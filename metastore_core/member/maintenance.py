@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from metastore_core import errors
+from metastore_core.member.durations import DEFRAG, HASH, SNAPSHOT, Durations
 from metastore_core.mvcc import hashing
 from metastore_core.mvcc.store import MVCCStore
 from metastore_core.pb.etcdserverpb import rpc_pb2 as pb
@@ -35,6 +36,10 @@ class Maintenance:
         self._store = store
         self.defrags = 0
         self.snapshots = 0
+        self.defrag_seconds = Durations(DEFRAG)
+        self.snapshot_seconds = Durations(SNAPSHOT)
+        self.hash_seconds = Durations(HASH)
+        self.hash_kv_seconds = Durations(HASH)
 
     async def _on_view(self, fn: Callable[[StorageView], T]) -> T:
         view = self._store.storage.view()
@@ -47,7 +52,10 @@ class Maintenance:
         """(hash of the whole logical store, the revision it covers)."""
         s = self._store
         rev, compact, codec = s.committed_rev, s.compact_rev, s.codec
-        return await self._on_view(lambda v: hashing.hash_all(v, codec, rev, compact)), rev
+        started = time.monotonic()
+        h = await self._on_view(lambda v: hashing.hash_all(v, codec, rev, compact))
+        self.hash_seconds.observe(time.monotonic() - started)
+        return h, rev
 
     async def hash_kv(self, revision: int) -> tuple[int, int]:
         """(hash of the keyspace up to revision, the compacted revision it assumed)."""
@@ -56,7 +64,10 @@ class Maintenance:
             raise errors.InvalidRequest("etcdserver: revision must not be negative")
         rev = s.check_rev(revision)
         compact, codec = s.compact_rev, s.codec
-        return await self._on_view(lambda v: hashing.hash_kv(v, codec, rev, compact)), compact
+        started = time.monotonic()
+        h = await self._on_view(lambda v: hashing.hash_kv(v, codec, rev, compact))
+        self.hash_kv_seconds.observe(time.monotonic() - started)
+        return h, compact
 
     async def defragment(self) -> None:
         storage = self._store.storage
@@ -68,6 +79,7 @@ class Maintenance:
         except Exception as exc:
             raise errors.Unavailable(f"etcdserver: defragment failed: {exc}") from None
         self.defrags += 1
+        self.defrag_seconds.observe(time.monotonic() - started)
         log.info("defragmented in %.3fs: %d -> %d bytes", time.monotonic() - started, before, storage.size())
 
     async def snapshot(self) -> AsyncGenerator[pb.SnapshotResponse, None]:
@@ -78,6 +90,7 @@ class Maintenance:
         worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metastore-snapshot")
         loop = asyncio.get_running_loop()
         blobs: Generator[bytes, None, None] | None = None
+        started = time.monotonic()
         try:
             plan = await loop.run_in_executor(worker, snapshot.plan, view)
             total = plan.body_size
@@ -103,6 +116,7 @@ class Maintenance:
             # etcd ends with one message holding the SHA-256 of all blobs (etcdctl checks it)
             yield pb.SnapshotResponse(remaining_bytes=0, blob=digest.digest())
             self.snapshots += 1
+            self.snapshot_seconds.observe(time.monotonic() - started)
         finally:
             worker.submit(_close, blobs, view)
             worker.shutdown(wait=False)

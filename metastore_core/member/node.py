@@ -32,7 +32,7 @@ from metastore_core.member.auth import Auth
 from metastore_core.member.committer import Committer, Listener
 from metastore_core.member.compactor import AutoCompactor, Compactor
 from metastore_core.member.consensus import Consensus, MemberInfo
-from metastore_core.member.figures import MemberFigures
+from metastore_core.member.figures import MemberFigures, Proposals
 from metastore_core.member.guard import Spawn, WriteGuard
 from metastore_core.member.integrity import Integrity, settle_watermark
 from metastore_core.member.leases import Leases
@@ -48,7 +48,6 @@ from metastore_core.storage.watermark import SYNC_INTERVAL_S, Mark, Watermark
 log = logging.getLogger(__name__)
 
 ETCD_API_VERSION = "3.5.0"  # the etcd API level we speak; clients switch features on it
-PEER_URL = "http://localhost:2380"  # no peers yet: what MemberList shows until cluster mode
 _ALARM = pb.AlarmRequest
 
 
@@ -121,16 +120,28 @@ class Node:
         tokens = make_provider(config.auth_token, config.auth_token_ttl_s, clock)
         self.auth = Auth(auth_store, tokens, self.write, config.bcrypt_cost)
         self._integrity = Integrity(store, guard.report_corruption, config.corrupt_check_interval_s)
+        self.proposals = Proposals()
         self.figures = MemberFigures(
             store, lessor, alarms, self._hub, committer, guard, self._leases, self._compactor, self._auto,
-            self._maintenance, self._integrity,
+            self._maintenance, self._integrity, self._applier.ops, self.proposals,
         )  # fmt: skip
         self.started = time.time()
 
     # ---------------------------------------------------------------- lifecycle
     def load(self) -> None:
         """Rebuild every in-memory structure from storage (start-up, rollback, recovery)."""
-        self._store.load()
+        t0 = time.monotonic()
+
+        def progress(records: int, revision: int) -> None:
+            log.info(
+                "loading the store: %d records read (revision %d) in %.1fs",
+                records,
+                revision,
+                time.monotonic() - t0,
+                extra={"records": records, "revision": revision},
+            )
+
+        records = self._store.load(progress)
         self._lessor.load(self._clock())
         self._alarms.load()
         self._auth_store.load()
@@ -139,6 +150,14 @@ class Node:
             settle_watermark(self._store, watermark, accept_lost=self._config.unsafe_accept_lost_writes)
             for alarm in sorted(watermark.mark.alarms):  # raised while the store took no writes
                 self._alarms.activate(self._store.ids.member_id, alarm)  # staged for the next batch
+        log.info(
+            "store loaded: %d records, revision %d, %d leases in %.2fs",
+            records,
+            self._store.committed_rev,
+            len(self._lessor.leases),
+            time.monotonic() - t0,
+            extra={"records": records, "revision": self._store.committed_rev},
+        )
 
     async def settle_kept_alarms(self) -> None:
         """Start-up, after load: alarms the watermark kept go into the store (guard.py)."""
@@ -201,7 +220,8 @@ class Node:
     # ---------------------------------------------------------------- identity
     def _member_info(self) -> MemberInfo:
         cfg = self._config
-        return MemberInfo(self._store.ids.member_id, cfg.name, [PEER_URL], cfg.client_urls)
+        # no peer URLs: a single member listens for no peers (it invented http://localhost:2380)
+        return MemberInfo(self._store.ids.member_id, cfg.name, [], cfg.client_urls)
 
     def header(self, into: pb.ResponseHeader, revision: int | None = None) -> None:
         """Fill a response header: ids, term, and the revision (current unless given or set)."""
@@ -234,6 +254,7 @@ class Node:
         self._auth_store.check_access(auth, READ, r.key, r.range_end)  # no await from here on
         store = self._store
         resp = range_at(store, r, store.check_rev(r.revision))
+        self._applier.ops.ranges += 1
         self.header(resp.header, store.committed_rev)
         return resp
 
@@ -243,11 +264,16 @@ class Node:
             command = self._leases.prepare_grant(command)  # the ID is chosen here, never in apply
         guard = self._guard
         await guard.check(command)
+        proposals = self.proposals
+        proposals.pending += 1
         try:
             resp = await self._consensus.propose(command, auth)
         except errors.StorageFailed:
+            proposals.failed += 1
             await guard.settled()  # the alarm the failure raises is applied before the caller hears
             raise
+        finally:
+            proposals.pending -= 1
         if type(command) is pb.CompactionRequest and command.physical:
             await self._compactor.wait()
         self.header(resp.header)
@@ -256,6 +282,11 @@ class Node:
     def _on_applied(self, entry: Entry) -> None:
         if type(entry.command) is pb.CompactionRequest:
             self._compactor.kick()  # every member compacts its own storage, in the background
+
+    def observe_commits(self, observer: Callable[[float, float, int], None]) -> None:
+        """Call observer(start, end, entries) after each batch write, on the thread that wrote it
+        (monotonic times): tracing's commit spans."""
+        self._committer.observers.append(observer)
 
     def subscribe(self, listener: Listener) -> None:
         """Call listener(revision, events) after each batch of writes becomes durable."""
@@ -335,6 +366,8 @@ class Node:
             raise errors.InvalidRequest("etcdserver: cannot activate alarm NONE")
         guard = self._guard
         failed = guard.failure is not None
+        # etcd answers with the alarm it raised, or the one it cleared (none if it was not active)
+        changed = r.action == _ALARM.ACTIVATE or (r.memberID, r.alarm) in self._alarms.active
         try:
             await self._consensus.propose(r, auth)
         except errors.StorageFailed:
@@ -344,7 +377,8 @@ class Node:
         gone = not self._alarms.has(pb.NOSPACE) and not self._alarms.has(pb.CORRUPT)
         if r.action == _ALARM.DEACTIVATE and failed and gone:
             await guard.recover()  # the last alarm is gone: the operator says there is space again
-        return pb.AlarmResponse(alarms=self._alarms.get(pb.NONE))
+        member = pb.AlarmMember(memberID=r.memberID, alarm=r.alarm)
+        return pb.AlarmResponse(alarms=[member] if changed else [])
 
     def report_corruption(self, exc: Exception) -> None:
         """A read found a record failing its check: raise CORRUPT and refuse writes."""

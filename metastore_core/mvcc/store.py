@@ -11,7 +11,7 @@ No I/O framework here: everything is plain, synchronous calls.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError
@@ -89,8 +89,12 @@ class MVCCStore:
         self._compact_inclusive = False  # ... or at it, when its history was cut short
 
     # ---------------------------------------------------------------- load
-    def load(self) -> None:
-        """Read meta and rebuild the index from disk (start-up and recovery)."""
+    LOAD_PROGRESS_EVERY = 1 << 16  # records between progress calls while loading
+
+    def load(self, progress: Callable[[int, int], None] | None = None) -> int:
+        """Read meta and rebuild the index from disk (start-up and recovery); returns the number
+        of records read. progress(records, revision) is called every LOAD_PROGRESS_EVERY records
+        (a large store takes seconds to load: the member logs how far it got)."""
         s = self.storage
         fmt = s.get(L.META_FORMAT)
         crc = s.get(L.META_CRC)
@@ -130,8 +134,13 @@ class MVCCStore:
         # A view reads past the block cache: a full scan would only evict what serving needs.
         view = s.view()
         keep = not self.codec.crc
+        records = 0
+        every = self.LOAD_PROGRESS_EVERY
         try:
             for skey, record in view.scan(start, stop):
+                records += 1
+                if progress is not None and records % every == 0:
+                    progress(records, top)
                 main, sub, tomb = L.parse_rev_key(skey)
                 payload = self.codec.decode(record, skey)
                 kv = _decode(payload, skey, main)
@@ -163,6 +172,7 @@ class MVCCStore:
             if d is not None:
                 s.write(d.batch, sync=True)
                 self.mark_durable(d)
+        return records
 
     # ---------------------------------------------------------------- reads
     def check_rev(self, rev: int) -> int:

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import grpc
+from grpc_reflection.v1alpha import reflection
 
 from metastore_core import errors
 from metastore_core.config import Config, is_https, split_url
@@ -27,7 +28,7 @@ from metastore_core.member.node import Node
 from metastore_core.server import listeners, rpc
 from metastore_core.server.catalog import Service, build_services
 from metastore_core.server.figures import Figures, exposure_warnings
-from metastore_core.server.healthcheck import HealthMonitor, storage_checker, task_checker
+from metastore_core.server.healthcheck import HealthMonitor, livez, readyz, storage_checker, task_checker
 from metastore_core.server.http import HttpEndpoint
 from metastore_core.server.layers import reliability_layers
 from metastore_core.server.layers.auth import AuthLayer
@@ -46,7 +47,9 @@ from metastore_core.server.lifecycle import (
 from metastore_core.server.methods import Layer
 from metastore_core.server.services import faults
 from metastore_core.server.services.health import NOT_SERVING, HealthService
+from metastore_core.server.systemd import Notifier
 from metastore_core.server.tls import Certificates, TLSFiles, auto_tls
+from metastore_core.server.tracing import Tracing
 from metastore_core.storage import Storage
 from metastore_core.storage import layout as L
 from metastore_core.storage.base import StorageError
@@ -106,8 +109,11 @@ def raise_fd_limit(max_connections: int) -> None:
 class Server:
     """One daemon: owns the data dir lock, the storage, the node, the gRPC server and the HTTP port."""
 
-    def __init__(self, config: Config, layers: Sequence[Layer] | None = None) -> None:
-        """layers=None builds the reliability layer; pass [] to serve without it (benchmarks)."""
+    def __init__(
+        self, config: Config, layers: Sequence[Layer] | None = None, tracing: Tracing | None = None
+    ) -> None:
+        """layers=None builds the reliability layer; pass [] to serve without it (benchmarks).
+        tracing=None follows --experimental-enable-distributed-tracing (tests pass their own)."""
         self.config = config
         self.recovery = Recovery()
         self.limiter = Limiter(config.max_concurrent_requests, config.request_timeout_s)
@@ -119,7 +125,12 @@ class Server:
             if layers is None
             else list(layers)
         )
+        self.tracing = tracing or Tracing.from_config(config)
+        if self.tracing is not None:  # off, nothing is added to the request path
+            self.layers.append(self.tracing.layer())
         self.lifecycle = Lifecycle(config.shutdown_timeout_s)
+        self.systemd = Notifier()
+        self.lifecycle.on_phase = lambda phase: self.systemd.status(f"shutting down: {phase}")
         self.health = HealthService()
         self.monitor = HealthMonitor(self.health, [], config.health_check_interval_s)
         self.http: HttpEndpoint | None = None
@@ -148,6 +159,7 @@ class Server:
     # ------------------------------------------------------------------ start
     async def start(self) -> None:
         cfg = self.config
+        self.systemd.status("starting: loading the store")
         raise_fd_limit(cfg.max_connections)
         if cfg.backend == "leveldb":
             self.datadir = DataDir(cfg.data_dir)
@@ -170,6 +182,8 @@ class Server:
                 await node.settle_kept_alarms()
             except (errors.StorageFailed, OSError) as exc:  # the alarm stands, writes are refused
                 log.error("could not write the alarms kept in the watermark: %s", exc)
+            if self.tracing is not None:
+                node.observe_commits(self.tracing.commit)
             self.recovery.on_corrupt = node.report_corruption
             node.on_storage_failure(lambda exc: self.monitor.poke())
             self.memory.on_full = node.set_memory_full
@@ -181,8 +195,12 @@ class Server:
             for svc in self.services:
                 methods = rpc.service_methods(svc.descriptor, svc.servicer, svc.modules)
                 self.grpc.add_generic_rpc_handlers(
-                    (rpc.handler(svc.descriptor.full_name, methods, self.layers),)
+                    (rpc.handler(svc.descriptor.full_name, methods, self.layers, self.metrics.traffic),)
                 )
+            if cfg.grpc_reflection:
+                # grpcurl list/describe; names what is served (not the test-only fault service)
+                names = [svc.descriptor.full_name for svc in self.services] + [reflection.SERVICE_NAME]
+                reflection.enable_server_reflection(names, self.grpc)
             if faults.enabled(cfg.test_faults):
                 log.warning("TEST FAULT INJECTION ENABLED: never use this outside tests")
                 fault_methods = faults.FaultService(node, self.monitor).methods()
@@ -212,14 +230,24 @@ class Server:
         for warning in self.warnings():
             log.warning("%s", warning)
         f = node.figures
+        data_dir = str(cfg.data_dir) if cfg.backend == "leveldb" else "-"
         log.info(
             "serving on %s (backend %s, data dir %s, revision %d, member %x)",
             ", ".join(cfg.listen_client_urls),
             cfg.backend,
-            cfg.data_dir if cfg.backend == "leveldb" else "-",
+            data_dir,
             f.revision,
             f.member_id,
+            extra={
+                "listen-client-urls": cfg.listen_client_urls,
+                "listen-metrics-urls": cfg.listen_metrics_urls,
+                "backend": cfg.backend,
+                "data-dir": data_dir,
+                "revision": f.revision,
+                "member-id": f"{f.member_id:x}",
+            },
         )
+        self.systemd.ready(f"serving on {', '.join(cfg.listen_client_urls)} at revision {f.revision}")
 
     def warnings(self) -> list[str]:
         """Exposure warnings, as the log at start and `metastore stats` show them."""
@@ -251,13 +279,14 @@ class Server:
                 await asyncio.to_thread(self.tls.reload)
 
     async def _start_http(self, figures: Figures) -> None:
-        figures.register(self.metrics)
-        registry = make_registry([self.metrics])
         node = figures.node
+        probes = [livez(node, self.recovery), readyz(node, self.monitor)]
+        figures.register(self.metrics, probes)
+        registry = make_registry([self.metrics])
         self.http = HttpEndpoint(
             registry,
             lambda exclude: self.monitor.healthy(node.figures.alarm_names(), exclude),
-            self.monitor.ready,
+            probes,
         )
         for url in self.config.listen_metrics_urls:
             host, port = listeners.parse_url(url, "--listen-metrics-urls")
@@ -281,6 +310,12 @@ class Server:
         rec.safe_spawn_with_restart("request-timeouts", self.limiter.run_timeouts, 1000)
         if self.tls is not None:
             rec.safe_spawn_with_restart("tls-reload", self._watch_certificates, 1000)
+        if self.systemd.enabled and self.systemd.watchdog_s > 0:
+
+            def alive() -> bool:  # pings stop once a supervised loop gives up: systemd restarts us
+                return not any(t.failed for t in rec.tasks.values())
+
+            rec.safe_spawn_with_restart("systemd-watchdog", lambda: self.systemd.run_watchdog(alive), 1000)
 
     # ------------------------------------------------------------------ stop
     def _register_shutdown(self, node: Node) -> None:
@@ -317,6 +352,8 @@ class Server:
         if self.grpc is not None:
             await self.grpc.stop(0)
         await self._release()
+        if self.tracing is not None:  # export what is still buffered
+            await asyncio.to_thread(self.tracing.shutdown)
 
     async def stop(self, grace: float | None = None) -> None:
         """Run the graceful shutdown now (tests and embedding); returns when it is over."""
@@ -327,6 +364,7 @@ class Server:
 
     async def shutdown(self) -> int:
         """Run the four phases; returns the exit code (0 when clean)."""
+        self.systemd.stopping(f"shutting down: {self.lifecycle.reason or 'stop'}")
         report = await self.lifecycle.run()
         if self.datadir is not None:
             try:

@@ -71,6 +71,7 @@ class Lifecycle:
         self.done = asyncio.Event()
         self.report: ShutdownReport | None = None
         self.previous: ShutdownReport | None = None  # the one before this process started
+        self.on_phase: Callable[[str], None] | None = None  # told as each phase begins (systemd)
         self._running: asyncio.Task[ShutdownReport] | None = None
 
     def on(self, phase: str, name: str, hook: Hook) -> None:
@@ -84,7 +85,7 @@ class Lifecycle:
         if self.requested.is_set():
             return False
         self.reason = reason
-        log.info("shutdown requested: %s", reason)
+        log.info("shutdown requested: %s", reason, extra={"reason": reason})
         self.requested.set()
         return True
 
@@ -105,6 +106,8 @@ class Lifecycle:
                 forced = True
             if forced:
                 budget = FORCED_PHASE_BUDGET_S
+            if self.on_phase is not None:
+                self.on_phase(phase)
             t0 = time.monotonic()
             error = await self._run_phase(phase, budget)
             seconds = time.monotonic() - t0
@@ -112,14 +115,22 @@ class Lifecycle:
                 forced = True
                 report.timed_out = True
             report.phases.append(PhaseTiming(phase, seconds, error))
-            log.info(
+            log.log(
+                logging.WARNING if error else logging.INFO,
                 "shutdown phase %s took %.3fs%s%s",
                 phase,
                 seconds,
                 " (forced)" if forced else "",
                 f": {error}" if error else "",
+                extra={"phase": phase, "seconds": round(seconds, 6), "forced": forced, "error": error},
             )
-        log.info("shutdown finished in %.3fs (%s)", time.monotonic() - start, report.reason)
+        total = time.monotonic() - start
+        log.info(
+            "shutdown finished in %.3fs (%s)",
+            total,
+            report.reason,
+            extra={"seconds": round(total, 6), "reason": report.reason, "clean": report.clean},
+        )
         self.report = report
         self.done.set()
         return report
@@ -155,12 +166,15 @@ class Lifecycle:
         for s in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(s)
             # A plain handler, not the loop's: it runs even if the loop is stuck in a hook.
-            signal.signal(s, _force_exit)
+            signal.signal(s, self._second_signal)
 
-
-def _force_exit(signum: int, frame: object) -> None:
-    os.write(2, f"metastore: second signal ({signal.Signals(signum).name}): forced exit\n".encode())
-    os._exit(FORCED_EXIT_CODE)
+    def _second_signal(self, signum: int, frame: object) -> None:
+        """Force the exit (130), unless the shutdown is already over: then exit as it ended."""
+        report = self.report
+        if report is not None:  # nothing left to force: the code must not change
+            os._exit(0 if report.clean else 1)
+        os.write(2, f"metastore: second signal ({signal.Signals(signum).name}): forced exit\n".encode())
+        os._exit(FORCED_EXIT_CODE)
 
 
 # ---------------------------------------------------------------------- the report on disk

@@ -8,6 +8,8 @@ plaintext.
 
 from __future__ import annotations
 
+import socket
+
 import grpc
 
 from metastore_core.config import Config, is_https, split_url
@@ -47,6 +49,24 @@ def grpc_options(config: Config) -> list[tuple[str, int]]:
     ]
 
 
+def check_free(host: str, port: int) -> None:
+    """OSError naming the address if it cannot be bound. grpc's own failure also prints a line of
+    C-core logging to stderr; this check first keeps a taken port to our one line."""
+    if port == 0:
+        return
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        return  # let grpc say what is wrong with the name
+    for family, kind, proto, _, addr in addresses:
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(addr)
+            except OSError as exc:
+                raise OSError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
 def bind_client_urls(
     server: grpc.aio.Server, urls: list[str], credentials: grpc.ServerCredentials | None = None
 ) -> list[int]:
@@ -58,6 +78,7 @@ def bind_client_urls(
             raise ValueError(
                 f"--listen-client-urls {url}: https:// needs a certificate (--cert-file, --auto-tls)"
             )
+        check_free(*parse_url(url, "--listen-client-urls"))
         try:
             if is_https(url):
                 port = server.add_secure_port(addr, credentials)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
@@ -61,16 +61,38 @@ class GrpcCall(Call):
         return bytes(names[0]).decode(errors="replace") if names else ""
 
 
-def _deserializer(cls: type[Message]) -> Callable[[bytes], Any]:
+class Bytes(Protocol):
+    """Where message sizes are added up (layers/metrics.Traffic)."""
+
+    sent: int
+    received: int
+
+
+def _deserializer(cls: type[Message], traffic: Bytes | None) -> Callable[[bytes], Any]:
     parse = cls.FromString
 
     def deserialize(data: bytes) -> Any:
+        if traffic is not None:
+            traffic.received += len(data)
         try:
             return parse(data)
         except (DecodeError, RuntimeError, ValueError):
             return MALFORMED
 
     return deserialize
+
+
+def _serializer(cls: type[Message], traffic: Bytes | None) -> Callable[[Any], bytes]:
+    encode = cls.SerializeToString
+    if traffic is None:
+        return encode
+
+    def serialize(message: Any) -> bytes:
+        data = encode(message)
+        traffic.sent += len(data)
+        return data
+
+    return serialize
 
 
 async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
@@ -125,8 +147,11 @@ class Method:
     response: type[Message]
 
 
-def handler(service: str, methods: Sequence[Method], layers: Sequence[Layer]) -> grpc.GenericRpcHandler:
-    """A generic handler serving methods of service, each wrapped once."""
+def handler(
+    service: str, methods: Sequence[Method], layers: Sequence[Layer], traffic: Bytes | None = None
+) -> grpc.GenericRpcHandler:
+    """A generic handler serving methods of service, each wrapped once; traffic (if given) adds up
+    the bytes of every request and response message."""
     handlers = {}
     for m in methods:
         fn = _refuse_malformed(m.info, m.fn)
@@ -141,8 +166,8 @@ def handler(service: str, methods: Sequence[Method], layers: Sequence[Layer]) ->
         }[(m.info.client_streaming, m.info.server_streaming)]
         handlers[m.info.name] = make(
             _grpc_behaviour(m.info, fn),
-            request_deserializer=_deserializer(m.request),
-            response_serializer=m.response.SerializeToString,
+            request_deserializer=_deserializer(m.request, traffic),
+            response_serializer=_serializer(m.response, traffic),
         )
     return grpc.method_handlers_generic_handler(service, handlers)
 

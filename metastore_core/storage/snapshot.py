@@ -34,7 +34,7 @@ import shutil
 import struct
 import time
 import zlib
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -508,6 +508,10 @@ def verify(src: BinaryIO) -> Summary:
 # ------------------------------------------------------------------ restoring
 
 
+def _open_rb(path: Path) -> BinaryIO:
+    return open(path, "rb")
+
+
 def header_meta(header: Header, member_id: int) -> list[tuple[bytes, bytes | None]]:
     """The meta records a restore writes beside the snapshot's own records."""
     return [
@@ -523,20 +527,25 @@ def header_meta(header: Header, member_id: int) -> list[tuple[bytes, bytes | Non
 
 
 def restore(
-    path: str | os.PathLike[str], data_dir: str | os.PathLike[str], *, member_id: int | None = None
+    path: str | os.PathLike[str],
+    data_dir: str | os.PathLike[str],
+    *,
+    member_id: int | None = None,
+    opener: Callable[[Path], BinaryIO] = _open_rb,
 ) -> Header:
     """Verify the snapshot at path, then build a new LevelDB data dir from it.
 
     Refuses a data dir that exists and is not empty. The restored member gets a new random
     member ID unless member_id is given; the cluster ID, revisions, compaction and leases come
     from the snapshot. Alarms are not restored. A compaction the snapshot carried unfinished
-    records for is finished by the daemon's start-up.
+    records for is finished by the daemon's start-up. The file is read twice (verify, then
+    write), each time through opener (the CLI's moves a progress bar).
     """
     src_path = Path(path)
     target = Path(data_dir)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise FileExistsError(f"data dir {target} exists and is not empty: refusing to restore into it")
-    with open(src_path, "rb") as f:
+    with opener(src_path) as f:
         verify(f)
     dd = DataDir(target)
     dd.acquire()
@@ -545,7 +554,7 @@ def restore(
         storage = LevelDBStorage(dd.db_path)
         batch: list[tuple[bytes, bytes | None]] = []
         header: Header | None = None
-        with open(src_path, "rb") as f:
+        with opener(src_path) as f:
             for item in read(f):
                 if isinstance(item, Header):
                     header = item

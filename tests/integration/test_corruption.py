@@ -265,4 +265,5 @@ def test_daemon_refuses_to_start_on_corruption_with_a_clear_message(tmp_path: Pa
         cwd=ROOT,
     )
     assert r.returncode == 1
-    assert r.stderr.startswith("Error: ") and "orrupt" in r.stderr, r.stderr
+    last = r.stderr.splitlines()[-1]  # after the start-up log lines
+    assert last.startswith("Error: ") and "orrupt" in last, r.stderr

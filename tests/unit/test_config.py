@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import subprocess
 import sys
 from dataclasses import fields
@@ -18,8 +19,10 @@ from metastore_core.config import (
     SETTINGS,
     Config,
     ConfigError,
+    effective,
     host_port,
     load_config,
+    load_config_traced,
 )
 from metastore_core.setting import Setting, show
 
@@ -27,6 +30,9 @@ from metastore_core.setting import Setting, show
 TEXT_SAMPLES = {
     "name": "member-1",
     "auto-compaction-retention": "7",
+    "experimental-distributed-tracing-address": "collector:4317",
+    "experimental-distributed-tracing-service-name": "kv-store",
+    "experimental-distributed-tracing-instance-id": "member-1",
     "auth-token": "jwt,pub-key=/etc/metastore/jwt.pub,sign-method=ES256",
     "cert-file": "/etc/metastore/server.pem",
     "key-file": "/etc/metastore/server-key.pem",
@@ -261,3 +267,29 @@ def test_config_imports_no_io_or_cli_framework() -> None:
     code = "import sys, metastore_core.config; print(sorted({m.split('.')[0] for m in sys.modules}))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert not {"grpc", "asyncio", "typer", "click", "rich"} & set(ast.literal_eval(loaded))
+
+
+def test_sources_name_where_each_value_came_from(tmp_path: Path) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_text("max-txn-ops: 64\nname: from-file\n")
+    env = {"METASTORE_NAME": "from-env", "METASTORE_PRESET": "safe"}
+    config, sources = load_config_traced(path, {"log_level": "debug"}, env)
+    assert config.name == "from-env" and config.max_txn_ops == 64 and config.log_level == "debug"
+    assert sources["name"] == "env METASTORE_NAME"
+    assert sources["max-txn-ops"] == f"file {path}"
+    assert sources["log-level"] == "flag"
+    assert sources["max-memory"] == "preset safe"  # the safe preset sets it
+    assert sources["backend"] == "default"
+    shown = effective(config, sources)
+    assert (
+        shown["--max-memory"] == "1073741824 (preset safe)"
+        and shown["--name"] == "from-env (env METASTORE_NAME)"
+    )
+    assert "--test-faults" not in shown  # hidden, and not set
+
+
+def test_secrets_are_masked_in_the_effective_configuration() -> None:
+    name = dataclasses.replace(BY_FLAG["name"], secret=True)  # stands in for a password setting
+    config = Config(name="hunter2")
+    assert effective(config, {"name": "flag"}, (name,)) == {"--name": "****** (flag)"}
+    assert effective(Config(name=""), {}, (name,)) == {"--name": "(unset) (default)"}

@@ -91,6 +91,33 @@ async def test_unknown_phase_refused() -> None:
         Lifecycle(1).on("later", "x", asyncio.sleep)  # type: ignore[arg-type]
 
 
+async def test_a_second_signal_forces_the_exit_only_while_a_shutdown_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def exit_code(lc: Lifecycle) -> int:
+        with pytest.raises(SystemExit) as info:
+            lc._second_signal(15, None)
+        return int(info.value.code)  # type: ignore[arg-type]
+
+    def fake_exit(code: int) -> None:
+        raise SystemExit(code)
+
+    monkeypatch.setattr("os._exit", fake_exit)
+    monkeypatch.setattr("os.write", lambda fd, data: len(data))
+    lc = Lifecycle(timeout_s=5)
+    assert exit_code(lc) == 130  # mid-shutdown (or stuck): forced
+    await lc.run()
+    assert exit_code(lc) == 0  # the phases are over, cleanly: the exit code stays 0
+    failing = Lifecycle(timeout_s=5)
+
+    async def broken() -> None:
+        raise OSError("disk gone")
+
+    failing.on(PHASES[2], "persist", broken)
+    await failing.run()
+    assert exit_code(failing) == 1  # over, not clean: 1, as the shutdown itself returns
+
+
 # ---------------------------------------------------------------------- limits
 def _info(full: str = "/etcdserverpb.KV/Put", streaming: bool = False) -> MethodInfo:
     service, name = full[1:].split("/")

@@ -4,7 +4,7 @@
 from metastore_core.server.http.errors import BadRequest, BodyTooLarge, HeadTooLarge, HttpError
 from metastore_core.server.http.limits import Limits
 from metastore_core.server.http.messages import Request, Response
-from metastore_core.server.http.metrics_port import HealthFn, HttpEndpoint, MetricsRoutes, ReadyFn
+from metastore_core.server.http.metrics_port import HealthFn, HttpEndpoint, MetricsRoutes, ProbeSet
 from metastore_core.server.http.router import Handler, Route, Router
 from metastore_core.server.http.server import HttpServer
 
@@ -19,7 +19,7 @@ __all__ = [
     "HttpServer",
     "Limits",
     "MetricsRoutes",
-    "ReadyFn",
+    "ProbeSet",
     "Request",
     "Response",
     "Route",

@@ -25,9 +25,10 @@ class Request:
 
     @classmethod
     def from_target(cls, method: str, target: str, headers: Headers = (), body: bytes = b"") -> Request:
-        """Split a request target such as `/health?exclude=NOSPACE` into path and query."""
+        """Split a request target such as `/health?exclude=NOSPACE` into path and query (a bare
+        `?verbose` is kept, with the value "")."""
         url = urlsplit(target)
-        return cls(method, url.path, parse_qs(url.query), headers, body)
+        return cls(method, url.path, parse_qs(url.query, keep_blank_values=True), headers, body)
 
     def header(self, name: str) -> str | None:
         """The first value of a header, by case-insensitive name."""

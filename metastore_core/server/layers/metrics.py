@@ -16,9 +16,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, ProcessCollector, disable_created_metrics
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from metastore_core.member.figures import Durations
 from metastore_core.server.methods import MethodInfo
 from metastore_core.server.status import GO_NAMES, Code
 
@@ -55,23 +56,56 @@ class MethodMetrics:
         self.count += 1
 
 
+class Traffic:
+    """etcd_network_client_grpc_{sent,received}_bytes_total: message bytes on the client port,
+    counted where grpc hands them to us (the (de)serializers in rpc.py)."""
+
+    __slots__ = ("received", "sent")
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.received = 0
+
+
 @dataclass
 class Gauge:
-    """A figure read at scrape time."""
+    """A figure read at scrape time: a gauge, a counter, or untyped (a name kept exactly as etcd
+    spells it, where Prometheus' type would change it)."""
 
     name: str
     doc: str
     read: Callable[[], float]
-    counter: bool = False
+    kind: str = "gauge"
     labels: dict[str, str] | None = None
+
+    def family(self, value: float) -> Metric:
+        if self.kind == "counter":  # the family drops _total, its sample gets it back
+            counter = CounterMetricFamily(self.name.removesuffix("_total"), self.doc)
+            counter.add_metric([], value)
+            return counter
+        if self.kind == "untyped":
+            untyped = Metric(self.name, self.doc, "untyped")
+            untyped.add_sample(self.name, {}, value)
+            return untyped
+        if self.labels:
+            gauge = GaugeMetricFamily(self.name, self.doc, labels=list(self.labels))
+            gauge.add_metric(list(self.labels.values()), value)
+            return gauge
+        return GaugeMetricFamily(self.name, self.doc, value=value)
+
+
+Families = Callable[[], Iterable[Metric]]  # several series at once, built at scrape time
 
 
 class RequestMetrics(Collector):
-    """All per-method request metrics and the daemon's gauges, as one collector."""
+    """All per-method request metrics and the daemon's figures, as one collector."""
 
     def __init__(self) -> None:
         self.methods: list[MethodMetrics] = []
         self.gauges: list[Gauge] = []
+        self.histograms: list[tuple[str, str, Durations]] = []
+        self.families: list[Families] = []
+        self.traffic = Traffic()
 
     def method(self, info: MethodInfo) -> MethodMetrics:
         m = MethodMetrics(info)
@@ -82,9 +116,18 @@ class RequestMetrics(Collector):
         self.gauges.append(Gauge(name, doc, read, labels=labels or None))
 
     def counter(self, name: str, doc: str, read: Callable[[], float]) -> None:
-        self.gauges.append(Gauge(name, doc, read, counter=True))
+        self.gauges.append(Gauge(name, doc, read, "counter"))
 
-    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
+    def untyped(self, name: str, doc: str, read: Callable[[], float]) -> None:
+        self.gauges.append(Gauge(name, doc, read, "untyped"))
+
+    def histogram(self, name: str, doc: str, durations: Durations) -> None:
+        self.histograms.append((name, doc, durations))
+
+    def family(self, build: Families) -> None:
+        self.families.append(build)
+
+    def collect(self) -> Iterator[Metric]:
         labels = ["grpc_type", "grpc_service", "grpc_method"]
         started = CounterMetricFamily(
             "grpc_server_started", "Total number of RPCs started on the server.", labels=labels
@@ -114,22 +157,18 @@ class RequestMetrics(Collector):
         yield started
         yield handled
         yield hist
+        for name, doc, d in self.histograms:
+            family = HistogramMetricFamily(name, doc)
+            family.add_metric([], [(_le(b), float(n)) for b, n in d.cumulative()], d.sum)
+            yield family
         for g in self.gauges:
             try:
                 value = float(g.read())
             except Exception:
                 continue
-            name = g.name[:-6] if g.counter and g.name.endswith("_total") else g.name
-            family: CounterMetricFamily | GaugeMetricFamily
-            if g.counter:
-                family = CounterMetricFamily(name, g.doc)
-                family.add_metric([], value)
-            elif g.labels:
-                family = GaugeMetricFamily(name, g.doc, labels=list(g.labels))
-                family.add_metric(list(g.labels.values()), value)
-            else:
-                family = GaugeMetricFamily(name, g.doc, value=value)
-            yield family
+            yield g.family(value)
+        for build in self.families:
+            yield from build()
 
 
 def _le(bound: float) -> str:

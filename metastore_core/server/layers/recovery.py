@@ -65,6 +65,7 @@ class Recovery:
     def __init__(self) -> None:
         self.panic_count = 0
         self.validation_error_count = 0
+        self.oversize_count = 0  # refused as larger than --max-request-bytes
         self.task_failures = 0
         self.handlers: list[PanicHandler] = []
         self.on_corrupt: Callable[[CorruptRecord], None] | None = None
@@ -75,7 +76,7 @@ class Recovery:
     def panic(self, where: str, exc: BaseException) -> None:
         """Record one recovered exception: log with stack, count, notify."""
         self.panic_count += 1
-        log.error("panic recovered in %s: %r", where, exc, exc_info=exc)
+        log.error("panic recovered in %s: %r", where, exc, exc_info=exc, extra={"method": where})
         for handler in self.handlers:
             try:
                 handler(where, exc)
@@ -99,6 +100,8 @@ class Recovery:
             code = code_of(exc)
             if code is _INVALID:
                 self.validation_error_count += 1
+                if isinstance(exc, errors.RequestTooLarge):
+                    self.oversize_count += 1
             return code, None
         if not isinstance(exc, Exception):  # cancelled (the client went away), generator closed
             return _CANCELLED, None
