@@ -108,7 +108,9 @@ class Node:
         policy = make_policy(config.auto_compaction_mode, config.auto_compaction_retention, clock())
         self._auto = AutoCompactor(store, policy, self.write, is_leader)
         self._leases = Leases(lessor, clock, self.write, is_leader, config.lease_checkpoint_interval_s)
-        self._maintenance = Maintenance(store)
+        self._maintenance = Maintenance(
+            store, snapshot_format=config.snapshot_format, member=self._member_info
+        )
         self._integrity = Integrity(store, guard.report_corruption, config.corrupt_check_interval_s)
         self.figures = MemberFigures(
             store, lessor, alarms, self._hub, committer, guard, self._leases, self._compactor, self._auto,

@@ -76,21 +76,35 @@ def verify(
     """Check all of a snapshot file of either format (skip_hash_check: etcd format only)."""
     fmt = detect(path)
     if fmt == ETCD:
+        passes = _Passes(path, 2, progress)  # the pages, then the hash
         try:
-            return _etcd_report(
-                etcdsnap.verify(path, skip_hash_check=skip_hash_check, progress=_passes(path, 2, progress))
+            report = _etcd_report(
+                etcdsnap.verify(path, skip_hash_check=skip_hash_check, progress=passes.report)
             )
         except BoltError as exc:
             raise _bolt(exc) from None
-    return _ours(path, _passes(path, 1, progress))
+    else:
+        passes = _Passes(path, 1, progress)
+        report = _ours(path, passes.report)
+    passes.done()
+    return report
 
 
-def _passes(path: str | os.PathLike[str], n: int, progress: Progress | None) -> Callable[[int], None] | None:
-    """A one-argument progress callback for work that reads the file n times over."""
-    if progress is None:
-        return None
-    total = n * os.path.getsize(path)
-    return lambda done: progress(min(done, total), total)
+class _Passes:
+    """Progress of work that reads the file n times over, from one-argument byte counts."""
+
+    def __init__(self, path: str | os.PathLike[str], n: int, progress: Progress | None) -> None:
+        self.total = n * os.path.getsize(path)
+        self._progress = progress
+        self.report: Callable[[int], None] | None = self._report if progress is not None else None
+
+    def _report(self, done: int) -> None:
+        assert self._progress is not None
+        self._progress(min(done, self.total), self.total)
+
+    def done(self) -> None:
+        if self._progress is not None:
+            self._progress(self.total, self.total)
 
 
 def _etcd_report(s: etcdsnap.Summary) -> Report:
@@ -127,8 +141,6 @@ def _ours(path: str | os.PathLike[str], progress: Callable[[int], None] | None) 
             records += 1
         f.seek(size - S.TRAILER)
         sha = f.read(S.TRAILER).hex()
-    if progress is not None:
-        progress(size)
     assert header is not None
     details = {
         "format_version": header.version,
@@ -155,17 +167,20 @@ def restore(
     opts.crc and opts.skip_hash_check apply to etcd's format (ours keeps the framing it was
     taken with, and always has its trailer).
     """
+    passes = _Passes(path, 2, progress)  # verify, then restore (etcd's: the pages, then the hash)
     if detect(path) == ETCD:
         try:
-            r = etcdsnap.restore(path, data_dir, opts, _passes(path, 2, progress))
+            r = etcdsnap.restore(path, data_dir, opts, passes.report)
         except BoltError as exc:
             raise _bolt(exc) from None
+        passes.done()
         return Restored(_etcd_report(r.summary), r.member_id, r.cluster_id)
     member_id = opts.member_id
     if opts.keep_member_id:
         with open(path, "rb") as f:
             member_id = S.verify(f).header.member_id
-    h = S.restore(path, data_dir, member_id=member_id, progress=_passes(path, 2, progress))
+    h = S.restore(path, data_dir, member_id=member_id, progress=passes.report)
+    passes.done()
     status = Status(0, h.revision, 0, os.path.getsize(path) - S.TRAILER)
     details = {"revision": h.revision, "compact_revision": h.compact_revision}
     return Restored(Report(METASTORE, status, details), h.member_id, h.cluster_id)

@@ -63,8 +63,9 @@ def dump(endpoint: str, rev: int) -> list[tuple[bytes, bytes, int, int, int, int
     return [(k.key, k.value, k.create_revision, k.mod_revision, k.version, k.lease) for k in resp.kvs]
 
 
-def test_round_trip_save_verify_restore_serve(tmp_path: Path) -> None:
-    src = start_metastore(tmp_path / "src")
+@pytest.mark.parametrize("fmt", ["etcd", "metastore"])
+def test_round_trip_save_verify_restore_serve(tmp_path: Path, fmt: str) -> None:
+    src = start_metastore(tmp_path / "src", "--snapshot-format", fmt)
     try:
         lease, rev = populate(src.endpoint)
         before = {r: dump(src.endpoint, r) for r in (rev - 100, rev - 37, rev)}
@@ -90,6 +91,7 @@ def test_round_trip_save_verify_restore_serve(tmp_path: Path) -> None:
             assert r.returncode == 0, r.stderr
             info = json.loads(r.stdout)
             assert info["valid"] and info["revision"] == rev and info["compact_revision"] == rev - 100
+            assert info["format"] == fmt
     finally:
         src.stop()
 

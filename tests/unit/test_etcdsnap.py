@@ -206,7 +206,7 @@ def test_trailer_rules_are_etcdctls(tmp_path: Path) -> None:
     with pytest.raises(BoltError, match="SHA-256 trailer mismatch") as info:
         etcdsnap.verify_data(body + bytes(32), len(data))
     assert info.value.offset == len(body)
-    with pytest.raises(BoltError, match="no SHA-256 trailer.*--skip-hash-check"):
+    with pytest.raises(BoltError, match=r"no SHA-256 trailer.*--skip-hash-check"):
         etcdsnap.verify_data(body, len(body))
     assert etcdsnap.verify_data(body, len(body), skip_hash_check=True).sha256 == ""
     padded = body + bytes(512) + hashlib.sha256(body + bytes(512)).digest()
