@@ -57,7 +57,7 @@ def page_of(data: bytes | bytearray, pgid: int) -> tuple[int, int, int, int]:
         {b"empty": []},  # an inline empty bucket, as bbolt's CreateBucket leaves it
         {b"small": rows(3, 10)},  # inline: fits a quarter page
         {b"one-page": rows(20, 100)},  # one leaf page of its own
-        {b"deep": rows(20_000, 20)},  # enough leaves for two branch levels
+        {b"deep": rows(20_000, 200)},  # enough leaves for two branch levels
         {b"big": [(b"a", os.urandom(3 * PS)), (b"b", b""), (b"c", os.urandom(PS - 40))]},  # overflow
         {b"k" * F.MAX_KEY: [(b"x" * F.MAX_KEY, b"v")]},  # longest key, as bucket name and key
         {b"a": rows(5, 1), b"b": rows(500, 50), b"c": [], b"d": rows(2, 2000)},
@@ -74,7 +74,7 @@ def test_what_the_writer_writes_the_reader_reads_back(shape: dict[bytes, list[tu
 
 
 def test_layout_is_bbolts_a_fresh_compacted_database() -> None:
-    data = build({b"deep": rows(20_000, 20), b"small": rows(2, 1)})
+    data = build({b"deep": rows(20_000, 200), b"small": rows(2, 1)})
     r = BoltReader(data, len(data))
     # both meta pages valid, txid parity matching their page, as bbolt's own commits leave them
     m0, _ = F.read_meta(data, 0)
@@ -86,6 +86,9 @@ def test_layout_is_bbolts_a_fresh_compacted_database() -> None:
     assert page_of(data, deep.root)[1] == F.BRANCH
     child = F.BRANCH_ELEMENT.unpack_from(data, deep.root * PS + F.HEADER)[2]
     assert page_of(data, child)[1] == F.BRANCH  # two levels of branches
+    leaf = F.BRANCH_ELEMENT.unpack_from(data, child * PS + F.HEADER)[2]
+    _, flags, count, overflow = page_of(data, leaf)
+    assert flags == F.LEAF and overflow == writer.LEAF_PAGES - 1 and count == 72  # 226-byte elements
     small = top(data, b"small").bucket
     assert small is not None and small.root == 0  # inline
     assert r.meta.root == r.meta.pages - 1  # the root bucket's page comes last

@@ -67,28 +67,34 @@ def test_store_to_etcd_buckets_and_back_keeps_every_revision(tmp_path: Path) -> 
     assert (found.revision, found.compact_revision) == (rev, compact)
     assert found.members == [MEMBER.id] and found.leases == 2
 
-    restored = etcdsnap.restore(path, tmp_path / "dir", etcdsnap.RestoreOptions(member_id=7))
-    assert restored.member_id == 7
-    storage = LevelDBStorage(tmp_path / "dir" / "db")
-    try:
-        again = MVCCStore(storage)
-        again.load()
-        assert again.committed_rev == rev and again.compact_rev == compact
-        assert again.consistent_index == e.store.consistent_index
-        for at in (compact, compact + 40, rev):
-            want = range_at(e.store, pb.RangeRequest(key=b"\0", range_end=b"\0"), at)
-            got = range_at(again, pb.RangeRequest(key=b"\0", range_end=b"\0"), at)
-            assert got.kvs == want.kvs, f"revision {at}"
-        # the records are the same bytes: the same history hash, though framing differs
-        view = storage.view()
-        assert hashing.hash_kv(view, again.codec, rev, compact) == hashing.hash_kv(
-            e.storage.view(), e.store.codec, rev, compact
-        )
-        leases = {L.parse_lease_key(k): L.parse_lease_value(v) for k, v in view.scan(b"l", b"m")}
-        assert leases == {lease: (600, 0), 0x99: (30, 0)}
-        view.close()
-    finally:
-        storage.close()
+    for crc in (False, True):  # restored with or without our record framing
+        target = tmp_path / f"dir-{crc}"
+        restored = etcdsnap.restore(path, target, etcdsnap.RestoreOptions(member_id=7, crc=crc))
+        assert restored.member_id == 7
+        storage = LevelDBStorage(target / "db")
+        try:
+            again = MVCCStore(storage)
+            again.load()
+            assert again.codec.crc == crc
+            assert again.committed_rev == rev and again.compact_rev == compact
+            assert again.consistent_index == e.store.consistent_index
+            for at in (compact, compact + 40, rev):
+                want = range_at(e.store, pb.RangeRequest(key=b"\0", range_end=b"\0"), at)
+                got = range_at(again, pb.RangeRequest(key=b"\0", range_end=b"\0"), at)
+                assert got.kvs == want.kvs, f"revision {at}"
+            # the records are the same bytes: the same history hash, whatever the framing
+            view = storage.view()
+            assert hashing.hash_kv(view, again.codec, rev, compact) == hashing.hash_kv(
+                e.storage.view(), e.store.codec, rev, compact
+            )
+            leases = {
+                L.parse_lease_key(k): L.parse_lease_value(again.codec.decode(v))
+                for k, v in view.scan(b"l", b"m")
+            }
+            assert leases == {lease: (600, 0), 0x99: (30, 0)}
+            view.close()
+        finally:
+            storage.close()
 
 
 def test_buckets_are_etcds_names_and_encodings() -> None:

@@ -11,8 +11,8 @@ Two passes over the same sources, so the total size is known before the first by
 Branch pages are written in post-order: a branch node is emitted as soon as it is full, right
 after its last child, so encoding holds only the open node of each level (a few keys), never
 one key per leaf. bbolt does not care where a page sits, only that every page is reachable once.
-Leaves are filled as full as a page allows; buckets whose one leaf fits in a quarter page are
-stored inline, as bbolt does.
+Leaf nodes are filled up to LEAF_PAGES pages, branch nodes up to one; buckets whose one leaf fits
+in a quarter page are stored inline, as bbolt does.
 
     pages:  0 meta (txid 2) | 1 meta (txid 1) | 2 freelist (empty) |
             bucket "a": leaf leaf .. branch leaf .. branch branch(root) | bucket "b": ... |
@@ -47,6 +47,10 @@ Items = Callable[[], Iterable[tuple[bytes, bytes]]]  # a bucket's pairs in ascen
 FREELIST_PAGE = 2
 FIRST_DATA_PAGE = 3
 TXID = 2  # meta 0 holds txid 2 and meta 1 txid 1: each on the page its parity names, as bbolt does
+# A leaf node may span this many pages. bbolt writes such nodes itself (a node of up to four
+# elements is never split, however large) and reads any; filling four pages instead of one leaves
+# ~2 % unused instead of ~22 % with 1 KB values, and 7 % instead of 37 % with 5 KB ones.
+LEAF_PAGES = 4
 
 
 class SourceChanged(RuntimeError):
@@ -212,6 +216,7 @@ def _plan_bucket(name: bytes, items: Items, first_page: int, page_size: int) -> 
     """One pass over a bucket, lengths only: its leaves and page ids, or its inline value."""
     bp = _BucketPlan(name, items, first_page, end_page=first_page)
     inline_limit = page_size // 4  # bbolt inlines a bucket whose single leaf fits in this
+    leaf_limit = LEAF_PAGES * page_size
     small: list[tuple[bytes, bytes]] | None = []
     count, size, total, klen = 0, HEADER, HEADER, 0
     prev = b""
@@ -226,7 +231,7 @@ def _plan_bucket(name: bytes, items: Items, first_page: int, page_size: int) -> 
             small.append((key, value))
             if total > inline_limit:
                 small = None
-        if count and (size + s > page_size or count == MAX_COUNT):  # _full, inlined: per record
+        if count and (size + s > leaf_limit or count == MAX_COUNT):  # _full, inlined: per record
             bp.counts.append(count)
             bp.sizes.append(_pages(size, page_size))
             bp.key_lens.append(klen)
