@@ -34,6 +34,7 @@ from pathlib import Path
 import grpc
 
 from benchmarks.procfs import cpu_seconds
+from benchmarks.servers import Target
 from metastore_core.pb.etcdserverpb import rpc_pb2 as pb
 from metastore_core.pb.etcdserverpb import rpc_pb2_grpc as rpc
 from metastore_core.pb.mvccpb.kv_pb2 import KeyValue
@@ -42,7 +43,6 @@ from metastore_core.storage import layout as L
 from metastore_core.storage.datadir import DataDir
 from metastore_core.storage.etcdlayout import Member
 from metastore_core.storage.leveldb import LevelDBStorage
-from tests.support import first_range, free_port
 
 CHUNK = 32 * 1024
 FORMATS = ("metastore", "etcd")
@@ -131,43 +131,25 @@ def wire(data_dir: Path, repeats: int) -> dict[str, list[dict[str, float]]]:
     copy = data_dir.parent / "copy"
     if not copy.exists():
         shutil.copytree(data_dir, copy)
-    servers = {}
+    servers = {
+        fmt: Target(fmt, "metastore", data_dir.parent, ["--snapshot-format", fmt], data_dir=d)
+        for fmt, d in zip(FORMATS, (data_dir, copy), strict=True)
+    }
     out: dict[str, list[dict[str, float]]] = {f: [] for f in FORMATS}
     try:
-        for fmt, d in zip(FORMATS, (data_dir, copy), strict=True):
-            port = free_port()
-            args = [
-                sys.executable,
-                "-m",
-                "metastore_cli",
-                "serve",
-                "--data-dir",
-                str(d),
-                "--snapshot-format",
-                fmt,
-            ]
-            args += ["--listen-client-urls", f"http://127.0.0.1:{port}"]
-            args += ["--listen-metrics-urls", f"http://127.0.0.1:{free_port()}"]
-            proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            servers[fmt] = (proc, f"127.0.0.1:{port}")
-            first_range(f"127.0.0.1:{port}", proc, timeout=600)
+        for server in servers.values():
+            server.start()
         for r in range(repeats):
             for fmt in FORMATS if r % 2 == 0 else FORMATS[::-1]:
-                proc, endpoint = servers[fmt]
-                cpu0, wall0 = cpu_seconds(proc.pid), time.perf_counter()
-                size = _stream(endpoint)
-                out[fmt].append(
-                    {
-                        "wall_s": time.perf_counter() - wall0,
-                        "server_cpu_s": cpu_seconds(proc.pid) - cpu0,
-                        "bytes": size,
-                    }
-                )
+                server = servers[fmt]
+                cpu0, wall0 = cpu_seconds(server.pid), time.perf_counter()
+                size = _stream(server.endpoint)
+                wall, cpu = time.perf_counter() - wall0, cpu_seconds(server.pid) - cpu0
+                out[fmt].append({"wall_s": wall, "server_cpu_s": cpu, "bytes": size})
                 print(fmt, "wire", out[fmt][-1], file=sys.stderr)
     finally:
-        for proc, _ in servers.values():
-            proc.terminate()
-            proc.wait(60)
+        for server in servers.values():
+            server.stop()
     return out
 
 
