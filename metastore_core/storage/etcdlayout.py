@@ -78,7 +78,10 @@ def parse_rev(key: bytes) -> tuple[int, int, bool]:
     """(main, sub, tombstone) of an etcd revision key; LayoutError if it is not one."""
     if len(key) not in (_REV_LEN, _REV_LEN + 1) or key[8:9] != b"_" or key[17:] not in (b"", TOMBSTONE):
         raise LayoutError(f"not a revision key: {key[:40].hex()}")
-    return _REV.unpack_from(key)[0], _REV.unpack_from(key, 9)[0], len(key) == _REV_LEN + 1
+    main, sub = _REV.unpack_from(key)[0], _REV.unpack_from(key, 9)[0]
+    if main >= 1 << 63 or sub >= 1 << 63:  # etcd's revisions are int64
+        raise LayoutError(f"revision {main}.{sub} out of range")
+    return main, sub, len(key) == _REV_LEN + 1
 
 
 def from_our_rev_key(skey: bytes) -> bytes:

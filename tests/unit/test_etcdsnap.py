@@ -181,6 +181,7 @@ def test_restore_maps_auth_and_keeps_the_one_member_id(tmp_path: Path) -> None:
             "says mod 2",
         ),
         (E.KEY, E.rev_bytes(3, tombstone=True), KeyValue().SerializeToString(), "without a key"),
+        (E.KEY, E.rev_bytes(1 << 63, tombstone=True), KeyValue(key=b"a").SerializeToString(), "out of range"),
         (E.LEASE, (5).to_bytes(8, "big"), Lease(ID=6, TTL=5).SerializeToString(), "record says ID 6"),
         (E.LEASE, b"\x05", Lease(ID=5, TTL=5).SerializeToString(), "lease key of 1 bytes"),
         (E.META, E.CONSISTENT_INDEX, b"\x01", "consistent_index of 1 bytes"),
