@@ -153,8 +153,8 @@ def dump_json(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"))
 
 
-def ascii_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """An ASCII table with borders, like etcdctl's tablewriter output."""
+def ascii_table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: str = "<") -> str:
+    """An ASCII table with borders, like etcdctl's tablewriter output (align ">": ALIGN_RIGHT)."""
     cols = [str(h).upper() for h in header]
     cells = [[str(c) for c in row] for row in rows]
     widths = [
@@ -165,7 +165,7 @@ def ascii_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     def line(values: Sequence[str], align: str) -> str:
         return "|" + "|".join(f" {v:{align}{w}} " for v, w in zip(values, widths, strict=True)) + "|"
 
-    return "\n".join([sep, line(cols, "^"), sep, *(line(r, "<") for r in cells), sep])
+    return "\n".join([sep, line(cols, "^"), sep, *(line(r, align) for r in cells), sep])
 
 
 @contextmanager

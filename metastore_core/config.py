@@ -319,6 +319,17 @@ class Config:
             "revision it has, the loss is logged, and a new watermark is written.",
         ),
     )
+    snapshot_format: str = declare(
+        "etcd",
+        Setting(
+            "snapshot-format",
+            STORAGE,
+            "Format of the Maintenance/Snapshot stream: etcd (a bbolt database) or metastore.",
+            check=one_of("etcd", "metastore"),
+            more="etcd's is what etcd itself sends: etcdctl snapshot status and restore, and an etcd "
+            "started on the result, take it. metastore snapshot status, verify and restore take both.",
+        ),
+    )
     # gRPC transport
     max_recv_bytes: int = declare(
         4 << 20,

@@ -116,7 +116,9 @@ class Node:
         policy = make_policy(config.auto_compaction_mode, config.auto_compaction_retention, clock())
         self._auto = AutoCompactor(store, policy, self.write, is_leader)
         self._leases = Leases(lessor, clock, self.write, is_leader, config.lease_checkpoint_interval_s)
-        self._maintenance = Maintenance(store)
+        self._maintenance = Maintenance(
+            store, snapshot_format=config.snapshot_format, member=self._member_info
+        )
         tokens = make_provider(config.auth_token, config.auth_token_ttl_s, clock)
         self.auth = Auth(auth_store, tokens, self.write, config.bcrypt_cost)
         self._integrity = Integrity(store, guard.report_corruption, config.corrupt_check_interval_s)

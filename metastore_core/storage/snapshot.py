@@ -27,27 +27,26 @@ a restore does not inherit. No I/O framework here: plain functions over a Storag
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
-import secrets
-import shutil
 import struct
 import time
 import zlib
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from google.protobuf.message import DecodeError
 
 from metastore_core.pb.authpb import auth_pb2 as authpb
 from metastore_core.pb.mvccpb.kv_pb2 import KeyValue
 from metastore_core.storage import layout as L
+from metastore_core.storage import restoring
 from metastore_core.storage.base import StorageView
-from metastore_core.storage.datadir import DataDir
-from metastore_core.storage.leveldb import LevelDBStorage
-from metastore_core.storage.watermark import Mark, Watermark
+from metastore_core.storage.counting import CountingReader
+from metastore_core.storage.watermark import Mark
 
 MAGIC = b"MSTSNAP\n"
 FORMAT_VERSION = 1
@@ -508,84 +507,48 @@ def verify(src: BinaryIO) -> Summary:
 # ------------------------------------------------------------------ restoring
 
 
-def _open_rb(path: Path) -> BinaryIO:
-    return open(path, "rb")
-
-
-def header_meta(header: Header, member_id: int) -> list[tuple[bytes, bytes | None]]:
-    """The meta records a restore writes beside the snapshot's own records."""
-    return [
-        (L.META_FORMAT, L.FORMAT_VERSION),
-        (L.META_CRC, L.CRC_IEEE if header.record_crc else L.CRC_NONE),
-        (L.META_CLUSTER_ID, L.u64(header.cluster_id)),
-        (L.META_MEMBER_ID, L.u64(member_id)),
-        (L.META_RAFT_TERM, L.u64(header.raft_term)),
-        (L.META_CONSISTENT_INDEX, L.u64(header.consistent_index)),
-        (L.META_COMPACT_REV, L.u64(0)),
-        (L.META_SCHEDULED_COMPACT_REV, L.u64(header.compact_revision)),
-    ]
-
-
 def restore(
     path: str | os.PathLike[str],
     data_dir: str | os.PathLike[str],
     *,
     member_id: int | None = None,
-    opener: Callable[[Path], BinaryIO] = _open_rb,
+    progress: Callable[[int], None] | None = None,
 ) -> Header:
     """Verify the snapshot at path, then build a new LevelDB data dir from it.
 
     Refuses a data dir that exists and is not empty. The restored member gets a new random
     member ID unless member_id is given; the cluster ID, revisions, compaction and leases come
     from the snapshot. Alarms are not restored. A compaction the snapshot carried unfinished
-    records for is finished by the daemon's start-up. The file is read twice (verify, then
-    write), each time through opener (the CLI's moves a progress bar).
+    records for is finished by the daemon's start-up. progress, if given, is called with a growing
+    byte count up to twice the file size (one pass to verify, one to restore).
     """
     src_path = Path(path)
-    target = Path(data_dir)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise FileExistsError(f"data dir {target} exists and is not empty: refusing to restore into it")
-    with opener(src_path) as f:
-        verify(f)
-    dd = DataDir(target)
-    dd.acquire()
-    storage: LevelDBStorage | None = None
-    try:
-        storage = LevelDBStorage(dd.db_path)
+    restoring.check_empty(data_dir)
+    size = src_path.stat().st_size
+    with open(src_path, "rb") as f:
+        verify(cast(BinaryIO, CountingReader(f, progress)))
+    new_member = member_id if member_id is not None else restoring.new_id()
+    with restoring.new_store(data_dir) as filling, open(src_path, "rb") as f:
+        storage = filling.storage
         batch: list[tuple[bytes, bytes | None]] = []
         header: Header | None = None
-        with opener(src_path) as f:
-            for item in read(f):
-                if isinstance(item, Header):
-                    header = item
-                    continue
-                batch.append(item)
-                if len(batch) >= 4096:
-                    storage.write(batch, sync=False)
-                    batch = []
+        for item in read(cast(BinaryIO, CountingReader(f, progress, size))):
+            if isinstance(item, Header):
+                header = item
+                continue
+            batch.append(item)
+            if len(batch) >= restoring.BATCH:
+                storage.write(batch, sync=False)
+                batch = []
         assert header is not None
-        new_member = member_id if member_id is not None else secrets.randbits(63) | 1
-        batch += header_meta(header, new_member)
-        storage.write(batch, sync=True)
-        storage.close()
-        storage = None
-        Watermark.create(target, Mark(header.consistent_index, header.revision)).close()
-        dd.mark()
-        return Header(
-            header.revision,
-            header.compact_revision,
-            header.consistent_index,
-            header.cluster_id,
-            new_member,
-            header.raft_term,
-            header.created_unix_ms,
-            header.record_crc,
-            header.version,
+        batch += restoring.identity(
+            cluster_id=header.cluster_id,
+            member_id=new_member,
+            raft_term=header.raft_term,
+            consistent_index=header.consistent_index,
+            compact=header.compact_revision,
+            crc=header.record_crc,
         )
-    except BaseException:
-        if storage is not None:
-            storage.close()
-        shutil.rmtree(dd.db_path, ignore_errors=True)
-        raise
-    finally:
-        dd.release()
+        storage.write(batch, sync=True)
+        filling.mark = Mark(header.consistent_index, header.revision)
+    return dataclasses.replace(header, member_id=new_member)

@@ -20,7 +20,6 @@ import pytest
 from typer.testing import CliRunner
 
 from metastore_cli.main import app
-from metastore_cli.snapshot import _Progress, _tracked_opener
 from metastore_core.mvcc.store import MVCCStore
 from metastore_core.pb.etcdserverpb import rpc_pb2 as pb
 from metastore_core.pb.etcdserverpb import rpc_pb2_grpc as rpc
@@ -75,8 +74,9 @@ def dump(endpoint: str, rev: int) -> list[tuple[bytes, bytes, int, int, int, int
     return [(k.key, k.value, k.create_revision, k.mod_revision, k.version, k.lease) for k in resp.kvs]
 
 
-def test_round_trip_save_verify_restore_serve(tmp_path: Path) -> None:
-    src = start_metastore(tmp_path / "src")
+@pytest.mark.parametrize("fmt", ["etcd", "metastore"])
+def test_round_trip_save_verify_restore_serve(tmp_path: Path, fmt: str) -> None:
+    src = start_metastore(tmp_path / "src", "--snapshot-format", fmt)
     try:
         lease, rev = populate(src.endpoint)
         before = {r: dump(src.endpoint, r) for r in (rev - 100, rev - 37, rev)}
@@ -103,6 +103,7 @@ def test_round_trip_save_verify_restore_serve(tmp_path: Path) -> None:
             assert r.returncode == 0, r.stderr
             info = json.loads(r.stdout)
             assert info["valid"] and info["revision"] == rev and info["compact_revision"] == rev - 100
+            assert info["format"] == fmt
     finally:
         src.stop()
 
@@ -223,15 +224,6 @@ def test_ctrl_c_during_save_leaves_no_partial_file(tmp_path: Path) -> None:
     assert not part.exists() and not snap.exists()
 
 
-class _Seen(_Progress):
-    def __init__(self) -> None:
-        super().__init__("test", 0, shown=False)
-        self.done: list[int] = []
-
-    def update(self, done: int) -> None:
-        self.done.append(done)
-
-
 def test_restore_moves_its_progress_bar_through_both_passes(tmp_path: Path) -> None:
     store = MVCCStore(MemoryStorage())
     store.load()
@@ -239,6 +231,6 @@ def test_restore_moves_its_progress_bar_through_both_passes(tmp_path: Path) -> N
     with open(snap, "wb") as f:
         S.write(store.storage.view(), f)
     size = snap.stat().st_size
-    seen = _Seen()
-    S.restore(snap, tmp_path / "restored", opener=_tracked_opener(seen, size))
-    assert seen.done == sorted(seen.done) and seen.done[-1] == 2 * size  # verify, then the writes
+    seen: list[int] = []
+    S.restore(snap, tmp_path / "restored", progress=seen.append)
+    assert seen == sorted(seen) and seen[-1] == 2 * size  # verify, then the writes

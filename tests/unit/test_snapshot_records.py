@@ -18,6 +18,7 @@ from metastore_core.engine.ranges import range_at
 from metastore_core.pb.etcdserverpb import rpc_pb2 as pb
 from metastore_core.pb.mvccpb.kv_pb2 import KeyValue
 from metastore_core.storage import layout as L
+from metastore_core.storage import restoring
 from metastore_core.storage import snapshot as S
 from metastore_core.storage.memory import MemoryStorage
 
@@ -240,7 +241,15 @@ def _mutations(rnd: random.Random) -> list[Callable[[Pairs], Pairs]]:
 
 def _loads_and_takes_a_write(header: S.Header, pairs: Pairs) -> None:
     storage = MemoryStorage()
-    storage.write([*pairs, *S.header_meta(header, 1)])
+    meta = restoring.identity(
+        cluster_id=header.cluster_id,
+        member_id=1,
+        raft_term=header.raft_term,
+        consistent_index=header.consistent_index,
+        compact=header.compact_revision,
+        crc=header.record_crc,
+    )
+    storage.write([*pairs, *meta])
     e = Engine(storage)
     assert e.store.committed_rev == header.revision
     resp = e.write(pb.PutRequest(key=b"after/restore", value=b"ok"))
