@@ -21,6 +21,17 @@ HealthFn = Callable[[set[str]], tuple[bool, str]]  # (excluded alarm names) -> (
 ReadyFn = Callable[[], tuple[bool, str]]
 
 
+def health_route(health: HealthFn) -> Route:
+    """GET /health as etcd's: alarms and serving state, with `exclude=NAME[,NAME]` ignoring alarms."""
+
+    async def health_check(request: Request) -> Response:
+        exclude = {name.upper() for value in request.query.get("exclude", []) for name in value.split(",")}
+        ok, reason = health(exclude)
+        return Response.json(200 if ok else 503, {"health": "true" if ok else "false", "reason": reason})
+
+    return Route("GET", "/health", health_check)
+
+
 class MetricsRoutes:
     """The handlers of the metrics port, over a registry and the daemon's health figures."""
 
@@ -33,7 +44,7 @@ class MetricsRoutes:
         """Every path of the port, GET only."""
         return [
             Route("GET", "/metrics", self.metrics),
-            Route("GET", "/health", self.health_check),
+            health_route(self.health),
             Route("GET", "/readyz", self.readyz),
             Route("GET", "/livez", self.livez),
         ]
@@ -43,12 +54,6 @@ class MetricsRoutes:
         # Collecting walks every metric (and reads /proc): keep it off the event loop.
         body = await asyncio.to_thread(generate_latest, self.registry)
         return Response(200, (("content-type", CONTENT_TYPE_LATEST),), body)
-
-    async def health_check(self, request: Request) -> Response:
-        """etcd's /health: alarms and serving state, with `exclude=NAME[,NAME]` ignoring alarms."""
-        exclude = {name.upper() for value in request.query.get("exclude", []) for name in value.split(",")}
-        ok, reason = self.health(exclude)
-        return Response.json(200 if ok else 503, {"health": "true" if ok else "false", "reason": reason})
 
     async def readyz(self, request: Request) -> Response:
         """200 `ok` while serving, else 503 with the reason."""
