@@ -58,10 +58,8 @@ class _Side(asyncio.Protocol):
         other.transport.write(data)
 
     def eof_received(self) -> bool:
-        out = self.other.transport if self.other is not None else None
-        if out is not None and out.can_write_eof():
-            out.write_eof()
-            return True  # half-close: keep the other direction going
+        # HTTP/2 has no use for a half-closed connection (gRPC keeps one open): end both sides,
+        # after what is queued has been written.
         self.relay.close()
         return False
 
