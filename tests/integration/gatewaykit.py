@@ -74,7 +74,9 @@ class Stream:
     def __init__(self, client: Client) -> None:
         self.client = client
         self.parser = h11.Connection(h11.CLIENT)
-        self.parser.send(h11.Request(method="POST", target="/", headers=[("host", "t"), ("content-length", "0")]))
+        self.parser.send(
+            h11.Request(method="POST", target="/", headers=[("host", "t"), ("content-length", "0")])
+        )
         self.parser.send(h11.EndOfMessage())
         self.status = 0
         self.buffer = b""

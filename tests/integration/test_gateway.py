@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import time
 
@@ -15,7 +16,7 @@ from metastore_core.pb.etcdserverpb import rpc_pb2_grpc
 from metastore_core.server.app import Server
 from metastore_core.server.http.gateway import PATHS
 
-from gatewaykit import Stream, b64, gateway_config, gateway_server, http_port, parsed, post
+from gatewaykit import Stream, b64, gateway_config, gateway_server, http_port, parsed, post, post_bytes
 from httpkit import Client, request
 
 STREAMS = {"/watch", "/lease/keepalive", "/maintenance/snapshot", "/election/observe"}
@@ -50,7 +51,13 @@ async def test_kv_and_errors_as_etcds_gateway_answers_them() -> None:
         }
         got = parsed(await post(port, "/v3/kv/range", {"key": b64("foo")}))
         assert got["kvs"] == [
-            {"key": b64("foo"), "create_revision": "2", "mod_revision": "2", "version": "1", "value": b64("bar")}
+            {
+                "key": b64("foo"),
+                "create_revision": "2",
+                "mod_revision": "2",
+                "version": "1",
+                "value": b64("bar"),
+            }
         ]
         assert got["count"] == "1"
         txn = {
@@ -111,7 +118,10 @@ async def test_auth_token_travels_in_the_authorization_header() -> None:
             ("/v3/auth/role/add", {"name": "app"}),
             (
                 "/v3/auth/role/grant",
-                {"name": "app", "perm": {"permType": "READWRITE", "key": b64("app/"), "range_end": b64("app0")}},
+                {
+                    "name": "app",
+                    "perm": {"permType": "READWRITE", "key": b64("app/"), "range_end": b64("app0")},
+                },
             ),
             ("/v3/auth/user/grant", {"user": "alice", "role": "app"}),
             ("/v3/auth/enable", {}),
@@ -121,14 +131,18 @@ async def test_auth_token_travels_in_the_authorization_header() -> None:
         assert (anonymous.status, parsed(anonymous)["message"]) == (400, "etcdserver: user name is empty")
         forged = await post(port, "/v3/kv/range", {"key": b64("app/x")}, "Authorization: garbage")
         assert (forged.status, parsed(forged)["code"]) == (401, 16)
-        token = parsed(await post(port, "/v3/auth/authenticate", {"name": "alice", "password": "alicepw"}))["token"]
+        token = parsed(await post(port, "/v3/auth/authenticate", {"name": "alice", "password": "alicepw"}))[
+            "token"
+        ]
         auth = f"Authorization: {token}"
         assert (await post(port, "/v3/kv/put", {"key": b64("app/x"), "value": b64("1")}, auth)).status == 200
         denied = await post(port, "/v3/kv/put", {"key": b64("other"), "value": b64("1")}, auth)
         assert (denied.status, parsed(denied)["message"]) == (403, "etcdserver: permission denied")
         assert (await post(port, "/v3/maintenance/defragment", {}, auth)).status == 403  # root only
         # grpc-gateway's own spelling of metadata works too
-        assert (await post(port, "/v3/kv/range", {"key": b64("app/x")}, f"Grpc-Metadata-Token: {token}")).status == 200
+        assert (
+            await post(port, "/v3/kv/range", {"key": b64("app/x")}, f"Grpc-Metadata-Token: {token}")
+        ).status == 200
 
 
 async def test_watch_streams_events_and_a_disconnect_frees_its_watchers_at_once() -> None:
@@ -136,9 +150,7 @@ async def test_watch_streams_events_and_a_disconnect_frees_its_watchers_at_once(
         assert server.node is not None
         figures = server.node.figures
         port = http_port(server)
-        body = b"".join(
-            json.dumps({"create_request": {"key": b64(k)}}).encode() for k in ("a", "b", "c")
-        )
+        body = b"".join(json.dumps({"create_request": {"key": b64(k)}}).encode() for k in ("a", "b", "c"))
         watch = await Stream.open(port, "/v3/watch", body)
         assert watch.status == 200
         created = [await watch.next() for _ in range(3)]
@@ -198,7 +210,11 @@ async def test_a_stream_refused_before_its_first_reply_is_a_plain_error_answer()
         )
         assert watch.status == 401
         assert await watch.rest() == [
-            {"error": "etcdserver: invalid auth token", "message": "etcdserver: invalid auth token", "code": 16}
+            {
+                "error": "etcdserver: invalid auth token",
+                "message": "etcdserver: invalid auth token",
+                "code": 16,
+            }
         ]
 
 
@@ -268,3 +284,102 @@ async def test_one_port_serves_grpc_and_the_gateway_and_knows_the_real_peer(one_
         while server.relayed.clients and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         assert server.relayed.clients == {}
+
+
+# ---------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (b'{"key":', "Expecting value"),
+        (b'{"key":5}', "key"),
+        (b'{"key":"YQ==","limit":"many"}', "limit"),
+        (b'{"key":"YQ==","bogus":true}', 'no field named "bogus"'),
+        (b"[" * 50_000, "recursion"),
+    ],
+)
+async def test_bad_json_is_400_with_etcds_error_body(body: bytes, why: str) -> None:
+    async with gateway_server() as server:
+        # unary, and a stream refused before it starts
+        for path, sent in (("/v3/kv/range", body), ("/v3/watch", b'{"create_request":' + body + b"}")):
+            reply = await post(http_port(server), path, sent)
+            doc = parsed(reply)
+            assert (reply.status, doc["code"]) == (400, 3)
+            assert doc["error"] == doc["message"] and why.lower() in doc["message"].lower()
+        assert server.node is not None and server.node.figures.watchers == 0
+
+
+async def test_a_body_over_the_cap_is_refused_with_etcds_error_body_and_others_go_on() -> None:
+    async with gateway_server(
+        max_recv_bytes=64 << 10, max_request_bytes=32 << 10
+    ) as server:  # 128 KiB body cap
+        port = http_port(server)
+        declared = await Client.open(port)
+        await declared.send(request("POST", "/v3/kv/put", body=b"x" * (200 << 10)))
+        reply = await declared.reply()
+        assert (reply.status, parsed(reply)["code"]) == (413, 8)
+        assert reply.headers["connection"] == "close"
+        chunked = await Client.open(port)  # no length declared: counted as it arrives
+        await chunked.send(
+            request("POST", "/v3/kv/put", "Transfer-Encoding: chunked") + b"30000\r\n" + b"x" * 0x30000
+        )
+        assert (await chunked.reply()).status == 413
+        # under the cap but over --max-request-bytes: the servicer's own refusal, in etcd's words
+        big = await post(port, "/v3/kv/put", {"key": b64("k"), "value": b64("v" * (40 << 10))})
+        assert (big.status, parsed(big)["message"]) == (400, "etcdserver: request is too large")
+        assert (
+            await post(port, "/v3/kv/put", {"key": b64("k"), "value": b64("v" * (10 << 10))})
+        ).status == 200
+
+
+async def test_a_trickling_sender_is_cut_off_while_others_are_served() -> None:
+    async with gateway_server(connection_timeout_s=0.5) as server:
+        port = http_port(server)
+        slow = await Client.open(port)
+        head = request("POST", "/v3/kv/put", body=b'{"key":"YQ==","value":"' + b"A" * 4000 + b'"}')
+
+        async def trickle() -> None:
+            with contextlib.suppress(ConnectionError):
+                for byte in head:
+                    await slow.send(bytes([byte]))
+                    await asyncio.sleep(0.005)
+
+        trickling = asyncio.create_task(trickle())
+        try:
+            for _ in range(3):
+                assert (await post(port, "/v3/kv/range", {"key": b64("a")})).status == 200
+            assert await slow.closed_by_server(within=5) is not None
+        finally:
+            trickling.cancel()
+        assert parsed(await post(port, "/v3/kv/range", {"key": b64("a")})).get("count") is None  # no put
+
+
+async def test_pipelined_requests_are_answered_in_order_on_one_connection() -> None:
+    async with gateway_server() as server:
+        client = await Client.open(http_port(server))
+        await client.send(
+            b"".join(
+                request(
+                    "POST", "/v3/kv/put", body=json.dumps({"key": b64("p"), "value": b64(str(i))}).encode()
+                )
+                for i in range(5)
+            )
+            + request("POST", "/v3/kv/range", body=json.dumps({"key": b64("p")}).encode())
+        )
+        revisions = [json.loads((await client.reply()).body)["header"]["revision"] for _ in range(5)]
+        assert revisions == ["2", "3", "4", "5", "6"]
+        last = json.loads((await client.reply()).body)
+        assert last["kvs"][0]["value"] == b64("4")
+
+
+async def test_a_connection_flood_is_capped_and_the_served_ones_go_on() -> None:
+    async with gateway_server(max_connections=8) as server:
+        port = http_port(server)
+        flood = [await Client.open(port) for _ in range(20)]
+        left_open = await asyncio.gather(*(c.closed_by_server(within=1) for c in flood))
+        assert left_open.count(None) == 8  # the rest closed at accept, unread
+        kept = [c for c, rest in zip(flood, left_open, strict=True) if rest is None]
+        for c in kept:
+            await c.send(post_bytes("/v3/kv/range", {"key": b64("a")}))
+            assert (await c.reply()).status == 200
+        for c in flood:
+            await c.close()
