@@ -273,8 +273,15 @@ class Server:
         if any(self._shared(u) for u in urls):
             assert self.gateway is not None
             private = listeners.bind_client_urls(self.grpc, ["http://127.0.0.1:0"])[0]
-            timeout = self.config.connection_timeout_s
-            self.front = FrontListener(self.gateway, private, self.relayed, timeout)
+            cfg = self.config
+            self.front = FrontListener(
+                self.gateway, private, self.relayed, cfg.connection_timeout_s, cfg.max_connections
+            )
+        elif self.config.gateway_on_client_urls:
+            log.warning(
+                "--gateway-on-client-urls: https:// client URLs serve gRPC only; serve the gateway "
+                "on --listen-client-http-urls https://..."
+            )
         for url in urls:
             if self._shared(url):
                 assert self.front is not None

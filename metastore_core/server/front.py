@@ -130,6 +130,10 @@ class _Sniff(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is no asyncio.Transport subclass
+        if len(self.front.sniffing) + len(self.front.relays) >= self.front.max_connections:
+            self.transport.close()  # a flood costs an accept and a close
+            return
+        self.front.sniffing.add(self)
         # a connection that never says anything must not be held forever
         self.timer = asyncio.get_running_loop().call_later(self.front.sniff_timeout, self.transport.close)
 
@@ -149,6 +153,7 @@ class _Sniff(asyncio.Protocol):
         self._cancel_timer()
 
     def _cancel_timer(self) -> None:
+        self.front.sniffing.discard(self)
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -166,13 +171,19 @@ class _Sniff(asyncio.Protocol):
 class FrontListener:
     """Listens on client addresses; sends gRPC connections to grpc_port, the rest to `http`."""
 
-    def __init__(self, http: HttpServer, grpc_port: int, relayed: Relayed, sniff_timeout: float) -> None:
+    def __init__(
+        self, http: HttpServer, grpc_port: int, relayed: Relayed, sniff_timeout: float, max_connections: int
+    ) -> None:
+        """Connections still sniffing plus relayed ones are capped at max_connections (the HTTP
+        server caps its own); one that says nothing within sniff_timeout is closed."""
         self.http = http
         self.grpc_port = grpc_port
         self.relayed = relayed
         self.sniff_timeout = sniff_timeout
+        self.max_connections = max_connections
         self.servers: list[asyncio.Server] = []
         self.relays: set[_Relay] = set()
+        self.sniffing: set[_Sniff] = set()
 
     async def start(self, host: str, port: int) -> int:
         loop = asyncio.get_running_loop()

@@ -23,13 +23,14 @@ def b64(text: str | bytes) -> str:
 
 
 def gateway_config(**extra: Any) -> Config:
-    return Config(
-        backend="memory",
-        listen_client_urls=[f"http://127.0.0.1:{free_port()}"],
-        listen_client_http_urls=[f"http://127.0.0.1:{free_port()}"],
-        listen_metrics_urls=[f"http://127.0.0.1:{free_port()}"],
-        **extra,
-    )
+    """Memory backend, every port free on 127.0.0.1; extra overrides any of it."""
+    settings: dict[str, Any] = {
+        "backend": "memory",
+        "listen_client_urls": [f"http://127.0.0.1:{free_port()}"],
+        "listen_client_http_urls": [f"http://127.0.0.1:{free_port()}"],
+        "listen_metrics_urls": [f"http://127.0.0.1:{free_port()}"],
+    }
+    return Config(**{**settings, **extra})
 
 
 @contextlib.asynccontextmanager

@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import http.client
 import json
+import ssl
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -15,7 +18,9 @@ from metastore_core.pb.etcdserverpb import rpc_pb2 as pb
 from metastore_core.pb.etcdserverpb import rpc_pb2_grpc
 from metastore_core.server.app import Server
 from metastore_core.server.http.gateway import PATHS
+from tests.tlskit import CA, Pair
 
+from conftest import free_port
 from gatewaykit import Stream, b64, gateway_config, gateway_server, http_port, parsed, post, post_bytes
 from httpkit import Client, request
 
@@ -383,3 +388,51 @@ async def test_a_connection_flood_is_capped_and_the_served_ones_go_on() -> None:
             assert (await c.reply()).status == 200
         for c in flood:
             await c.close()
+
+
+def _https_post(port: int, ca: Path, client: Pair, path: str, doc: object) -> tuple[int, dict[str, object]]:
+    ctx = ssl.create_default_context(cafile=str(ca))
+    ctx.load_cert_chain(client.cert, client.key)
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=5)
+    try:
+        conn.request("POST", path, body=json.dumps(doc))
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read())
+    finally:
+        conn.close()
+
+
+async def test_https_gateway_with_client_certificates_acts_as_the_cn(tmp_path: Path) -> None:
+    ca = CA(tmp_path / "ca")
+    pair = ca.issue("server", server=True)
+    root, alice = ca.issue("root"), ca.issue("alice")
+    port = free_port()
+    async with gateway_server(
+        bcrypt_cost=4,
+        listen_client_http_urls=[f"https://127.0.0.1:{port}"],
+        cert_file=str(pair.cert),
+        key_file=str(pair.key),
+        trusted_ca_file=str(ca.cert),
+        client_cert_auth=True,
+    ):
+
+        async def call(who: Pair, path: str, doc: object) -> tuple[int, dict[str, object]]:
+            return await asyncio.to_thread(_https_post, port, ca.cert, who, path, doc)
+
+        nopw = {"options": {"no_password": True}}
+        for path, doc in [
+            ("/v3/auth/user/add", {"name": "root", **nopw}),
+            ("/v3/auth/role/add", {"name": "root"}),
+            ("/v3/auth/user/grant", {"user": "root", "role": "root"}),
+            ("/v3/auth/user/add", {"name": "alice", **nopw}),
+            ("/v3/auth/role/add", {"name": "app"}),
+            ("/v3/auth/role/grant", {"name": "app", "perm": {"permType": "WRITE", "key": b64("app/x")}}),
+            ("/v3/auth/user/grant", {"user": "alice", "role": "app"}),
+            ("/v3/auth/enable", {}),
+        ]:
+            assert (await call(root, path, doc))[0] == 200, path
+        # no token: the verified certificate's CN is the user
+        assert (await call(alice, "/v3/kv/put", {"key": b64("app/x"), "value": b64("1")}))[0] == 200
+        status, doc = await call(alice, "/v3/kv/put", {"key": b64("other"), "value": b64("1")})
+        assert (status, doc["message"]) == (403, "etcdserver: permission denied")
+        assert (await call(root, "/v3/kv/put", {"key": b64("other"), "value": b64("1")}))[0] == 200

@@ -1,4 +1,4 @@
-"""The gateway's JSON codec: what etcd's grpc-gateway writes (seen on etcd 3.4.23) and what it reads."""
+"""The gateway's JSON codec (what etcd 3.4.23's grpc-gateway writes, what it reads), and the relay's peers."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import pytest
 
 from metastore_core import errors
 from metastore_core.pb.etcdserverpb import rpc_pb2 as pb
+from metastore_core.server.front import Relayed
 from metastore_core.server.http import jsonpb
+from metastore_core.server.rpc import GrpcCall
 
 
 def test_replies_use_proto_names_int64_strings_base64_and_leave_zero_fields_out() -> None:
@@ -91,3 +93,22 @@ def test_a_deeply_nested_txn_is_refused_not_a_crash() -> None:
     body = b'{"success":[{"request_txn":' * 2000 + b"{}" + b"}]}" * 2000
     with pytest.raises(errors.Malformed):
         jsonpb.decode_one(body, pb.TxnRequest)
+
+
+class _Context:
+    """What GrpcCall reads of a grpc.aio context: the peer, as gRPC names it."""
+
+    def __init__(self, peer: str) -> None:
+        self._peer = peer
+
+    def peer(self) -> str:
+        return self._peer
+
+
+def test_a_relayed_grpc_call_names_the_client_behind_the_relay() -> None:
+    relayed = Relayed()
+    relayed.clients["ipv4:127.0.0.1:40001"] = "ipv4:192.0.2.7:5555"
+    call = GrpcCall(_Context("ipv4:127.0.0.1:40001"), relayed.peer)  # type: ignore[arg-type]
+    assert call.peer() == "ipv4:192.0.2.7:5555"
+    direct = GrpcCall(_Context("ipv4:192.0.2.8:6000"), relayed.peer)  # type: ignore[arg-type]
+    assert direct.peer() == "ipv4:192.0.2.8:6000"
