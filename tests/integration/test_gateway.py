@@ -187,6 +187,25 @@ async def test_keepalive_answers_each_request_of_the_body_then_ends() -> None:
         await snapshot.close()
 
 
+async def test_a_client_gone_mid_stream_frees_its_connection_and_the_stream() -> None:
+    async with gateway_server() as server:
+        assert server.gateway is not None and server.node is not None
+        port = http_port(server)
+        lease = parsed(await post(port, "/v3/lease/grant", {"TTL": 30}))["ID"]
+        many = b"".join(b'{"ID":"%s"}' % lease.encode() for _ in range(20_000))
+        keepalive = await Stream.open(port, "/v3/lease/keepalive", many)
+        assert (await keepalive.next())["result"]["ID"] == lease
+        watch = await Stream.open(port, "/v3/watch", b'{"create_request":{"key":"YQ=="}}')
+        assert (await watch.next())["result"]["created"]
+        await keepalive.close()
+        await watch.close()
+        deadline = time.monotonic() + 5
+        while server.gateway.open_connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert server.gateway.open_connections == 0
+        assert server.limiter.streams == 0 and server.node.figures.watchers == 0
+
+
 async def test_a_stream_that_fails_after_its_first_reply_ends_with_grpc_gateways_error_object() -> None:
     server = Server(gateway_config())
     await server.start()
