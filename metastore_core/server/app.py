@@ -64,6 +64,7 @@ TASK_RESTARTS = 5
 LEASE_LOOPS = ("lease-expiry", "lease-checkpoints")
 TLS_CHECK_S = 2.0  # how often the certificate files are checked for changes
 GATEWAY_IDLE_S = 60.0  # a kept-alive gateway connection may wait this long for its next request
+GATEWAY_BODIES = 8  # full-size request bodies the gateway holds at once (64 MiB by default)
 
 
 def open_storage(config: Config, datadir: DataDir | None) -> Storage:
@@ -310,6 +311,7 @@ class Server:
         limits = Limits(
             # JSON spells a message out (base64 adds a third), so the body may exceed the gRPC cap
             max_body_bytes=2 * cfg.max_recv_bytes,
+            max_bodies_bytes=GATEWAY_BODIES * 2 * cfg.max_recv_bytes,
             request_timeout=cfg.connection_timeout_s,
             idle_timeout=GATEWAY_IDLE_S,
             max_connections=cfg.max_connections,

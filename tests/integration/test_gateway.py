@@ -355,6 +355,27 @@ async def test_a_body_over_the_cap_is_refused_with_etcds_error_body_and_others_g
         ).status == 200
 
 
+async def test_many_large_bodies_at_once_hit_the_ports_budget_and_small_requests_go_on() -> None:
+    # a 128 KiB body cap and room for 8 full bodies (1 MiB) held at once by the port
+    async with gateway_server(max_recv_bytes=64 << 10) as server:
+        port = http_port(server)
+        body = json.dumps({"key": b64("k"), "value": b64("v" * (90 << 10))}).encode()  # ~120 KiB
+        head = request("POST", "/v3/kv/put", body=body)
+        holders = [await Client.open(port) for _ in range(9)]
+        for c in holders[:8]:
+            await c.send(head[:-1])  # all but the last byte: the body is held, unfinished
+        await asyncio.sleep(0.2)
+        await holders[8].send(head[:-1])
+        refused = await holders[8].reply()
+        assert (refused.status, parsed(refused)["code"]) == (503, 14)
+        # small requests still fit, and the held ones complete
+        assert (await post(port, "/v3/kv/range", {"key": b64("k")})).status == 200
+        for c in holders[:8]:
+            await c.send(head[-1:])
+            assert (await c.reply()).status == 200
+        assert server.gateway is not None and server.gateway.budget.held == 0
+
+
 async def test_a_trickling_sender_is_cut_off_while_others_are_served() -> None:
     async with gateway_server(connection_timeout_s=0.5) as server:
         port = http_port(server)

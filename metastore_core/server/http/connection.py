@@ -19,8 +19,8 @@ from typing import Any, TypeVar
 
 import h11
 
-from metastore_core.server.http.errors import BadRequest, BodyTooLarge, HeadTooLarge, HttpError
-from metastore_core.server.http.limits import Limits
+from metastore_core.server.http.errors import BadRequest, BodyTooLarge, Busy, HeadTooLarge, HttpError
+from metastore_core.server.http.limits import BodyBudget, Limits
 from metastore_core.server.http.messages import Request, Response
 from metastore_core.server.http.router import Handler
 
@@ -70,12 +70,15 @@ class Connection:
         handler: Handler,
         limits: Limits,
         refusal: Refusal | None = None,
+        budget: BodyBudget | None = None,
     ) -> None:
         self._reader = reader
         self._writer = writer
         self._handler = handler
         self._limits = limits
         self._refusal: Refusal = refusal or HttpError.response
+        self._budget = budget or BodyBudget(0)
+        self._held = 0  # body bytes of the current request, counted in the port's budget
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
         self._served = 0
         self._peer = str(writer.get_extra_info("peername"))
@@ -97,12 +100,18 @@ class Connection:
             # Only our own code gets here (a handler's stream, a response h11 cannot frame).
             log.exception("HTTP connection from %s failed", self._peer)
         finally:
+            self._release()
             self._writer.close()
+
+    def _release(self) -> None:
+        self._budget.give(self._held)
+        self._held = 0
 
     async def _serve(self) -> None:
         while (request := await self._receive()) is not None:
             response = await self._answer(request)
             await self._send(response, head_only=request.method == "HEAD")
+            self._release()
             if self._h11.our_state is not h11.DONE or self._h11.their_state is not h11.DONE:
                 return  # h11 saw Connection: close, an HTTP/1.0 peer, or an unfinished request
             self._h11.start_next_cycle()
@@ -160,6 +169,9 @@ class Connection:
                 size += len(event.data)
                 if size > cap:
                     raise BodyTooLarge(f"more than {cap} bytes")  # chunked: no length declared
+                if not self._budget.take(len(event.data)):
+                    raise Busy(f"{self._budget.held} body bytes held by the port")
+                self._held += len(event.data)
                 parts.append(event.data)
             else:
                 return b"".join(parts)  # EndOfMessage

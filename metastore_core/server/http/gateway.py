@@ -129,7 +129,8 @@ def error_response(exc: errors.MetastoreError) -> Response:
 
 def refusal(exc: HttpError) -> Response:
     """A request the HTTP shell refused (too large, too slow, not HTTP), in etcd's error body."""
-    code = {413: Code.RESOURCE_EXHAUSTED, 431: Code.RESOURCE_EXHAUSTED}.get(exc.status, Code.INVALID_ARGUMENT)
+    codes = {413: Code.RESOURCE_EXHAUSTED, 431: Code.RESOURCE_EXHAUSTED, 503: Code.UNAVAILABLE}
+    code = codes.get(exc.status, Code.INVALID_ARGUMENT)
     return Response(exc.status, JSON, jsonpb.dumps(error_doc(code, exc.message)))
 
 

@@ -7,7 +7,7 @@ import contextlib
 import ssl
 
 from metastore_core.server.http.connection import Connection, Refusal
-from metastore_core.server.http.limits import Limits
+from metastore_core.server.http.limits import BodyBudget, Limits
 from metastore_core.server.http.router import Handler
 
 # How long close() waits for cancelled connections and closed listeners.
@@ -24,6 +24,7 @@ class HttpServer:
         self.handler = handler
         self.limits = limits or Limits()
         self.refusal = refusal
+        self.budget = BodyBudget(self.limits.max_bodies_bytes)
         self.servers: list[asyncio.Server] = []
         self.ports: list[int] = []
         self._connections: set[asyncio.Task[None]] = set()
@@ -78,6 +79,7 @@ class HttpServer:
         if len(self._connections) >= self.limits.max_connections:
             writer.close()  # before reading a byte: a flood costs an accept and a close
             return
-        task = asyncio.create_task(Connection(reader, writer, self.handler, self.limits, self.refusal).run())
+        connection = Connection(reader, writer, self.handler, self.limits, self.refusal, self.budget)
+        task = asyncio.create_task(connection.run())
         self._connections.add(task)
         task.add_done_callback(self._connections.discard)
