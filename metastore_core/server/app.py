@@ -137,7 +137,7 @@ class Server:
         self.grpc: grpc.aio.Server | None = None
         self.tls: Certificates | None = None
         self._tls_dir: tempfile.TemporaryDirectory[str] | None = None
-        self.ports: list[int] = []
+        self.ports: list[int] = []  # client ports, in --listen-client-urls order, then the gateway's
         self.services: list[Service] = []
         self._grpc_stop: asyncio.Future[None] | None = None
         self.stopped = asyncio.Event()
@@ -206,6 +206,8 @@ class Server:
             self.tls = self._certificates()
             await self._start_gateway(served)
             await self._bind_client_urls()
+            if self.gateway is not None:  # client connections over HTTP count too
+                self.ports.extend(self.gateway.ports)
             await self._start_http(figures)
             await self.grpc.start()
             self._start_tasks(node)

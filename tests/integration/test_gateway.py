@@ -18,6 +18,7 @@ from metastore_core.pb.etcdserverpb import rpc_pb2 as pb
 from metastore_core.pb.etcdserverpb import rpc_pb2_grpc
 from metastore_core.server.app import Server
 from metastore_core.server.http.gateway import PATHS
+from metastore_core.server.layers.limits import count_connections
 from tests.tlskit import CA, Pair
 
 from conftest import free_port
@@ -286,6 +287,11 @@ async def test_gateway_calls_are_counted_apart_from_grpc_in_the_same_families() 
         }
         assert types["Watch"] == "http_bidi_stream" and types["Snapshot"] == "http_server_stream"
         assert "HashKV" not in types  # its path is Hash's, and Hash wins (as in etcd)
+        held = await Client.open(http_port(server))
+        assert (await held.get("/version")).status == 200
+        # metastore_connections_current counts the gateway's clients too
+        assert http_port(server) in server.ports and count_connections([http_port(server)]) >= 1
+        await held.close()
 
 
 @pytest.mark.parametrize("one_port", [True])
