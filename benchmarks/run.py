@@ -70,6 +70,8 @@ TARGETS = {
     "metastore-no-fsync": ("metastore", ["--unsafe-no-fsync"]),
     # Auth on, loaded by a non-root user whose role covers every key (servers.enable_auth).
     "metastore-auth": ("metastore", ["--bench-auth"]),
+    # gRPC and the JSON gateway on one port: gRPC connections relayed by the front listener.
+    "metastore-one-port": ("metastore", ["--gateway-on-client-urls"]),
 }
 DEFAULT_TARGETS = ["etcd", "metastore", "floor", "floor-aio"]
 RELIABILITY_WORKLOADS = [("put", 1), ("put", 64), ("get", 64)]

@@ -136,6 +136,28 @@ class Config:
             more="https:// URLs serve TLS with --cert-file/--key-file or --auto-tls.",
         ),
     )
+    listen_client_http_urls: list[str] = declare(
+        [],
+        Setting(
+            "listen-client-http-urls",
+            NETWORK,
+            "Comma-separated addresses for HTTP clients: etcd's JSON gateway, /version, /health.",
+            check=HTTP_URL,
+            more="etcd 3.5's flag. The gateway serves /v3/... (and /v3beta/...) as etcd's does, "
+            "through the same limits, auth and recovery as gRPC; https:// URLs serve the client "
+            "certificate set.",
+        ),
+    )
+    gateway_on_client_urls: bool = declare(
+        False,
+        Setting(
+            "gateway-on-client-urls",
+            NETWORK,
+            "Also serve the JSON gateway on the http:// client URLs (one port, as etcd's cmux).",
+            more="A front listener reads each connection's first bytes and relays gRPC ones to the "
+            "gRPC server over a private socket; it costs gRPC calls CPU (README, 'JSON gateway').",
+        ),
+    )
     advertise_client_urls: list[str] = declare(
         [],
         Setting(
@@ -684,7 +706,8 @@ def _check_tls(values: Mapping[str, Any]) -> None:
         raise ConfigError("--cert-file and --key-file go together")
     if values["client-cert-auth"] and not values["trusted-ca-file"]:
         raise ConfigError("--client-cert-auth needs --trusted-ca-file to verify client certificates")
-    https = [u for key in ("listen-client-urls", "listen-metrics-urls") for u in values[key] if is_https(u)]
+    keys = ("listen-client-urls", "listen-client-http-urls", "listen-metrics-urls")
+    https = [u for key in keys for u in values[key] if is_https(u)]
     if https and not (values["cert-file"] or values["auto-tls"]):
         raise ConfigError(f"{https[0]} needs --cert-file and --key-file, or --auto-tls")
 

@@ -24,12 +24,15 @@ from grpc_reflection.v1alpha import reflection
 
 from metastore_core import errors
 from metastore_core.config import Config, is_https, split_url
-from metastore_core.member.node import Node
+from metastore_core.member.node import ETCD_API_VERSION, Node
 from metastore_core.server import listeners, rpc
 from metastore_core.server.catalog import Service, build_services
 from metastore_core.server.figures import Figures, exposure_warnings
+from metastore_core.server.front import FrontListener, Relayed
 from metastore_core.server.healthcheck import HealthMonitor, livez, readyz, storage_checker, task_checker
-from metastore_core.server.http import HttpEndpoint
+from metastore_core.server.http import HttpEndpoint, HttpServer, Limits, Router
+from metastore_core.server.http import gateway as gw
+from metastore_core.server.http.metrics_port import health_route
 from metastore_core.server.layers import reliability_layers
 from metastore_core.server.layers.auth import AuthLayer
 from metastore_core.server.layers.limits import Limiter, MemoryMonitor
@@ -44,7 +47,7 @@ from metastore_core.server.lifecycle import (
     load_report,
     save_report,
 )
-from metastore_core.server.methods import Layer
+from metastore_core.server.methods import Layer, Method, service_methods
 from metastore_core.server.services import faults
 from metastore_core.server.services.health import NOT_SERVING, HealthService
 from metastore_core.server.systemd import Notifier
@@ -63,6 +66,8 @@ log = logging.getLogger("metastore")
 TASK_RESTARTS = 5
 LEASE_LOOPS = ("lease-expiry", "lease-checkpoints")
 TLS_CHECK_S = 2.0  # how often the certificate files are checked for changes
+GATEWAY_IDLE_S = 60.0  # a kept-alive gateway connection may wait this long for its next request
+GATEWAY_BODIES = 8  # full-size request bodies the gateway holds at once (64 MiB by default)
 
 
 def open_storage(config: Config, datadir: DataDir | None) -> Storage:
@@ -134,13 +139,16 @@ class Server:
         self.health = HealthService()
         self.monitor = HealthMonitor(self.health, [], config.health_check_interval_s)
         self.http: HttpEndpoint | None = None
+        self.gateway: HttpServer | None = None  # the JSON gateway, /version, /health
+        self.front: FrontListener | None = None  # one client port for gRPC and the gateway
+        self.relayed = Relayed()
         self.datadir: DataDir | None = None
         self.storage: Storage | None = None
         self.node: Node | None = None
         self.grpc: grpc.aio.Server | None = None
         self.tls: Certificates | None = None
         self._tls_dir: tempfile.TemporaryDirectory[str] | None = None
-        self.ports: list[int] = []
+        self.ports: list[int] = []  # client ports, in --listen-client-urls order, then the gateway's
         self.services: list[Service] = []
         self._grpc_stop: asyncio.Future[None] | None = None
         self.stopped = asyncio.Event()
@@ -192,10 +200,20 @@ class Server:
                 cfg, node, self.limiter, self.memory, self.recovery, self.monitor, self.lifecycle, self.ports
             )
             self.services = build_services(node, cfg, self.health, figures, self.lifecycle)
+            served: dict[str, Method] = {}
             for svc in self.services:
-                methods = rpc.service_methods(svc.descriptor, svc.servicer, svc.modules)
+                methods = service_methods(svc.descriptor, svc.servicer, svc.modules)
+                served.update((m.info.full, m) for m in methods)
                 self.grpc.add_generic_rpc_handlers(
-                    (rpc.handler(svc.descriptor.full_name, methods, self.layers, self.metrics.traffic),)
+                    (
+                        rpc.handler(
+                            svc.descriptor.full_name,
+                            methods,
+                            self.layers,
+                            self.relayed.peer,
+                            self.metrics.traffic,
+                        ),
+                    )
                 )
             if cfg.grpc_reflection:
                 # grpcurl list/describe; names what is served (not the test-only fault service)
@@ -212,16 +230,19 @@ class Server:
             for name in ["", *self.monitor.service_names]:
                 self.health.set(name, NOT_SERVING)
             self.tls = self._certificates()
-            creds = self.tls.grpc_credentials() if self.tls is not None else None
-            self.ports.extend(listeners.bind_client_urls(self.grpc, cfg.listen_client_urls, creds))
+            await self._start_gateway(served)
+            await self._bind_client_urls()
+            if self.gateway is not None:  # client connections over HTTP count too
+                self.ports.extend(self.gateway.ports)
             await self._start_http(figures)
             await self.grpc.start()
             self._start_tasks(node)
             self._register_shutdown(node)
             await self.monitor.evaluate()
         except BaseException:
-            if self.http is not None:
-                await self.http.close()
+            for port in (self.front, self.gateway, self.http):
+                if port is not None:
+                    await port.close()
             if self.grpc is not None:
                 await self.grpc.stop(0)
             await self.recovery.stop_tasks()
@@ -255,7 +276,7 @@ class Server:
 
     def _certificates(self) -> Certificates | None:
         cfg = self.config
-        urls = [*cfg.listen_client_urls, *cfg.listen_metrics_urls]
+        urls = [*cfg.listen_client_urls, *cfg.listen_client_http_urls, *cfg.listen_metrics_urls]
         if not any(is_https(u) for u in urls):
             return None
         if cfg.cert_file:
@@ -278,6 +299,65 @@ class Server:
             if self.tls is not None:
                 await asyncio.to_thread(self.tls.reload)
 
+    def _shared(self, url: str) -> bool:
+        """Does this client URL also serve the gateway (through the front listener)?"""
+        return self.config.gateway_on_client_urls and not is_https(url)
+
+    async def _bind_client_urls(self) -> None:
+        """gRPC on every client URL, in order; shared ones through the front listener, which relays
+        gRPC connections to a private loopback port of the gRPC server."""
+        assert self.grpc is not None
+        creds = self.tls.grpc_credentials() if self.tls is not None else None
+        urls = self.config.listen_client_urls
+        if any(self._shared(u) for u in urls):
+            assert self.gateway is not None
+            private = listeners.bind_client_urls(self.grpc, ["http://127.0.0.1:0"])[0]
+            cfg = self.config
+            self.front = FrontListener(
+                self.gateway, private, self.relayed, cfg.connection_timeout_s, cfg.max_connections
+            )
+        elif self.config.gateway_on_client_urls:
+            log.warning(
+                "--gateway-on-client-urls: https:// client URLs serve gRPC only; serve the gateway "
+                "on --listen-client-http-urls https://..."
+            )
+        for url in urls:
+            if self._shared(url):
+                assert self.front is not None
+                host, port = listeners.parse_url(url, "--listen-client-urls")
+                try:
+                    self.ports.append(await self.front.start(host, port))
+                except OSError as exc:
+                    raise OSError(f"cannot listen on {url}: {exc}") from None
+            else:
+                self.ports.extend(listeners.bind_client_urls(self.grpc, [url], creds))
+
+    async def _start_gateway(self, served: dict[str, Method]) -> None:
+        """etcd's JSON gateway, /version and /health on --listen-client-http-urls (and on the
+        client URLs with --gateway-on-client-urls)."""
+        cfg = self.config
+        if not cfg.listen_client_http_urls and not any(self._shared(u) for u in cfg.listen_client_urls):
+            return
+        node = self.node
+        assert node is not None
+        major_minor = ".".join(ETCD_API_VERSION.split(".")[:2])
+        routes = [
+            *gw.gateway_routes(served, self.layers),
+            gw.version_route(ETCD_API_VERSION, major_minor + ".0"),
+            health_route(lambda exclude: self.monitor.healthy(node.figures.alarm_names(), exclude)),
+        ]
+        limits = Limits(
+            # JSON spells a message out (base64 adds a third), so the body may exceed the gRPC cap
+            max_body_bytes=2 * cfg.max_recv_bytes,
+            max_bodies_bytes=GATEWAY_BODIES * 2 * cfg.max_recv_bytes,
+            request_timeout=cfg.connection_timeout_s,
+            idle_timeout=GATEWAY_IDLE_S,
+            max_connections=cfg.max_connections,
+            read_size=64 << 10,
+        )
+        self.gateway = HttpServer(Router(routes), limits, refusal=gw.refusal)
+        await self._listen(self.gateway, cfg.listen_client_http_urls, "--listen-client-http-urls")
+
     async def _start_http(self, figures: Figures) -> None:
         node = figures.node
         probes = [livez(node, self.recovery), readyz(node, self.monitor)]
@@ -288,13 +368,17 @@ class Server:
             lambda exclude: self.monitor.healthy(node.figures.alarm_names(), exclude),
             probes,
         )
-        for url in self.config.listen_metrics_urls:
-            host, port = listeners.parse_url(url, "--listen-metrics-urls")
+        await self._listen(self.http, self.config.listen_metrics_urls, "--listen-metrics-urls")
+
+    async def _listen(self, server: HttpServer, urls: list[str], flag: str) -> None:
+        """Start an HTTP port on every URL of flag; https:// ones with the certificate set."""
+        for url in urls:
+            host, port = listeners.parse_url(url, flag)
             context = self.tls.ssl_context() if self.tls is not None and is_https(url) else None
             try:
-                await self.http.start(host, port, context)
+                await server.start(host, port, context)
             except OSError as exc:
-                raise OSError(f"cannot listen on {url} for metrics: {exc}") from None
+                raise OSError(f"cannot listen on {url} ({flag}): {exc}") from None
 
     def _start_tasks(self, node: Node) -> None:
         rec = self.recovery
@@ -335,6 +419,9 @@ class Server:
 
     async def _stop_accepting(self) -> None:
         self.limiter.draining = True
+        for port in (self.front, self.gateway):
+            if port is not None:
+                port.stop_accepting()
         if self.grpc is not None and self._grpc_stop is None:
             # Refuses new RPCs and connections now; finishes once in-flight calls end.
             self._grpc_stop = asyncio.ensure_future(self.grpc.stop(self.config.shutdown_timeout_s))
@@ -342,10 +429,13 @@ class Server:
     async def _wait_in_flight(self) -> None:
         if self._grpc_stop is not None:
             await asyncio.shield(self._grpc_stop)
+        while self.limiter.requests:  # unary calls through the gateway (the phase's timeout bounds it)
+            await asyncio.sleep(0.01)
 
     async def _close_http(self) -> None:
-        if self.http is not None:
-            await self.http.close()
+        for port in (self.front, self.gateway, self.http):
+            if port is not None:
+                await port.close()
 
     async def _close_server(self) -> None:
         await self.recovery.stop_tasks()

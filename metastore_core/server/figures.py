@@ -48,7 +48,7 @@ Read = Callable[[], float]
 def exposure_warnings(config: Config, auth_enabled: bool) -> list[str]:
     """What a daemon reachable from other hosts says loudly (it keeps serving: some run so)."""
     out = []
-    for url in config.listen_client_urls:
+    for url in [*config.listen_client_urls, *config.listen_client_http_urls]:
         host, _ = split_url(url)
         if is_loopback_host(host):
             continue

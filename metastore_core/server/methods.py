@@ -1,7 +1,8 @@
 """What every served method is, declared once: its shape, its policy, and the call it gets.
 
 Layers and servicers see a `Call`, not a transport context, so the same
-servicer answers gRPC (rpc.py) and, later, etcd's JSON gateway. A method's
+servicer answers gRPC (rpc.py) and etcd's JSON gateway (http/gateway.py), each
+method wrapped by the same layers (`wrap`). A method's
 policy (wrapped by the layers or not, counted by the limits, needs
 credentials, needs the root role) is declared in POLICIES, by service or by
 method, and nowhere else.
@@ -9,10 +10,11 @@ method, and nowhere else.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
 
 from metastore_core.engine.auth import ANONYMOUS
@@ -64,6 +66,7 @@ class MethodInfo:
     server_streaming: bool
     request_type: type[Message]
     policy: Policy = DEFAULT
+    http: bool = False  # carried by the JSON gateway (counted apart), not by gRPC
 
     @property
     def full(self) -> str:
@@ -103,3 +106,41 @@ class Call:
 # (request or request iterator, call) -> response, or an async iterator of responses
 Behaviour = Callable[[Any, Call], Any]
 Layer = Callable[[MethodInfo, Behaviour], Behaviour]
+
+
+@dataclass(frozen=True)
+class Method:
+    """One method to serve: what it is, what implements it, its message classes."""
+
+    info: MethodInfo
+    fn: Behaviour
+    request: type[Message]
+    response: type[Message]
+
+
+def wrap(info: MethodInfo, fn: Behaviour, layers: Sequence[Layer]) -> Behaviour:
+    """fn inside the layers (innermost first), unless the method's policy takes none."""
+    if info.policy.layers:
+        for layer in layers:
+            fn = layer(info, fn)
+    return fn
+
+
+def service_methods(desc: ServiceDescriptor, servicer: object, modules: Sequence[Any]) -> list[Method]:
+    """Every method of desc, implemented by servicer's method of the same name."""
+    types = message_types(*modules)
+    out = []
+    for m in desc.methods:
+        req = types[m.input_type.full_name]
+        info = method_info(desc.full_name, m.name, m.client_streaming, m.server_streaming, req)
+        out.append(Method(info, getattr(servicer, m.name), req, types[m.output_type.full_name]))
+    return out
+
+
+def message_types(*modules: Any) -> dict[str, type[Message]]:
+    """Full proto name -> message class, for the top-level messages of _pb2 modules."""
+    out: dict[str, type[Message]] = {}
+    for mod in modules:
+        for mdesc in mod.DESCRIPTOR.message_types_by_name.values():
+            out[mdesc.full_name] = getattr(mod, mdesc.name)
+    return out

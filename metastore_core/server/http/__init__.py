@@ -1,7 +1,7 @@
 """HTTP/1.1 on h11: a transport-free core (`Request` -> `Response`, `Router`), a thin asyncio shell
 (`HttpServer`, one `Connection` per socket, under `Limits`), and the metrics port's routes."""
 
-from metastore_core.server.http.errors import BadRequest, BodyTooLarge, HeadTooLarge, HttpError
+from metastore_core.server.http.errors import BadRequest, BodyTooLarge, Busy, HeadTooLarge, HttpError
 from metastore_core.server.http.limits import Limits
 from metastore_core.server.http.messages import Request, Response
 from metastore_core.server.http.metrics_port import HealthFn, HttpEndpoint, MetricsRoutes, ProbeSet
@@ -11,6 +11,7 @@ from metastore_core.server.http.server import HttpServer
 __all__ = [
     "BadRequest",
     "BodyTooLarge",
+    "Busy",
     "Handler",
     "HeadTooLarge",
     "HealthFn",

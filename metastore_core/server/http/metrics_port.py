@@ -24,6 +24,19 @@ from metastore_core.server.http.server import HttpServer
 HealthFn = Callable[[set[str]], tuple[bool, str]]  # (excluded alarm names) -> (healthy, reason)
 
 
+def health_route(health: HealthFn) -> Route:
+    """GET /health as etcd's: alarms and serving state, with `exclude=NAME[,NAME]` ignoring alarms.
+
+    The metrics port and the gateway's client port serve the same route."""
+
+    async def health_check(request: Request) -> Response:
+        exclude = {name.upper() for value in request.query.get("exclude", []) for name in value.split(",")}
+        ok, reason = health(exclude)
+        return Response.json(200 if ok else 503, {"health": "true" if ok else "false", "reason": reason})
+
+    return Route("GET", "/health", health_check)
+
+
 class ProbeSet(Protocol):
     """Named checks run per request (server/healthcheck.Probes): kind is the path, /livez or /readyz."""
 
@@ -43,7 +56,7 @@ class MetricsRoutes:
 
     def routes(self) -> list[Route]:
         """Every path of the port, GET only."""
-        out = [Route("GET", "/metrics", self.metrics), Route("GET", "/health", self.health_check)]
+        out = [Route("GET", "/metrics", self.metrics), health_route(self.health)]
         for p in self.probes:
             out.append(Route("GET", f"/{p.kind}", self._all(p)))
             out += [Route("GET", f"/{p.kind}/{name}", self._one(p, name)) for name in p.names]
@@ -54,12 +67,6 @@ class MetricsRoutes:
         # Collecting walks every metric (and reads /proc): keep it off the event loop.
         body = await asyncio.to_thread(generate_latest, self.registry)
         return Response(200, (("content-type", CONTENT_TYPE_LATEST),), body)
-
-    async def health_check(self, request: Request) -> Response:
-        """etcd's /health: alarms and serving state, with `exclude=NAME[,NAME]` ignoring alarms."""
-        exclude = {name.upper() for value in request.query.get("exclude", []) for name in value.split(",")}
-        ok, reason = self.health(exclude)
-        return Response.json(200 if ok else 503, {"health": "true" if ok else "false", "reason": reason})
 
     def _all(self, probes: ProbeSet) -> Callable[[Request], Awaitable[Response]]:
         async def handle(request: Request) -> Response:

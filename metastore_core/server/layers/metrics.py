@@ -4,7 +4,9 @@ Counting happens on the event loop in plain integers (no locks, no label
 lookups per call); a collector turns them into metric families only when
 /metrics is scraped. Label values follow go-grpc-prometheus, which etcd's
 dashboards and alerts match on: grpc_type in unary/client_stream/
-server_stream/bidi_stream and grpc_code as Go names (OK, ResourceExhausted).
+server_stream/bidi_stream and grpc_code as Go names (OK, ResourceExhausted); calls that came
+through the JSON gateway are counted in the same families as http_unary, http_server_stream and
+http_bidi_stream, so etcd's error-rate alerts see them and its unary latency alerts do not.
 Every method x code series exists from start-up, as etcd's InitializeMetrics
 does, so rate() works before the first error.
 """
@@ -30,9 +32,12 @@ BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 def grpc_type(info: MethodInfo) -> str:
+    """go-grpc-prometheus's type; calls through the JSON gateway get it with an `http_` prefix."""
     if info.client_streaming:
-        return "bidi_stream" if info.server_streaming else "client_stream"
-    return "server_stream" if info.server_streaming else "unary"
+        kind = "bidi_stream" if info.server_streaming else "client_stream"
+    else:
+        kind = "server_stream" if info.server_streaming else "unary"
+    return "http_" + kind if info.http else kind
 
 
 class MethodMetrics:
