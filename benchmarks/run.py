@@ -410,7 +410,7 @@ def run_scale(a: argparse.Namespace, names: list[str], s: Settings, log: Any) ->
             targets.append(t)
             log(f"scale: {n} pid {t.pid} on {t.endpoint}")
         client = Client(a.uvloop_client, "benchmarks.scale_client")
-        res = scale.Scale(client, targets, a.scale_keys, s, work, log).run()
+        res = scale.Scale(client, targets, a.scale_keys, s, work, log, a.scale_fill).run()
     finally:
         if client is not None:
             client.close()
@@ -423,6 +423,7 @@ def run_scale(a: argparse.Namespace, names: list[str], s: Settings, log: Any) ->
         "machine": machine(),
         "command": cmd,
         "keys": a.scale_keys,
+        "fill": a.scale_fill,
         "repeats": s.repeats,
         "duration": s.duration,
         "load_before": load_before,
@@ -581,6 +582,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (data dirs, server logs)")
     ap.add_argument("--scale", action="store_true", help="run the scale phase instead (benchmarks/scale.py)")
     ap.add_argument("--scale-keys", type=int, default=1_000_000, help="keys of the scale phase [1000000]")
+    ap.add_argument(
+        "--scale-fill",
+        type=int,
+        default=1,
+        metavar="N",
+        help="keys per write while filling: 1 = Puts, 256 in flight (as clients write; etcd's WAL and "
+        "raft log then look as in use) [1]; more = Txns of N puts, 8 in flight (faster, for development)",
+    )
     a = ap.parse_args(argv)
     s = Settings(
         repeats=a.repeats or (1 if a.quick else 3),

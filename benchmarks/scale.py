@@ -82,8 +82,11 @@ def run_tool(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 1
 class Scale:
     """One scale run over a set of started targets, step by step."""
 
-    def __init__(self, client: Any, targets: list[Target], keys: int, s: Any, work: Path, log: Log) -> None:
+    def __init__(
+        self, client: Any, targets: list[Target], keys: int, s: Any, work: Path, log: Log, batch: int = 1
+    ) -> None:
         self.client = client
+        self.batch = batch  # keys per write while filling: 1 (Put) or a Txn of that many
         self.targets = targets
         self.n = keys
         self.s = s  # run.Settings: repeats, warm-up and window of the put@64 runs
@@ -109,6 +112,7 @@ class Scale:
                 "start": start,
                 "count": keys - start,
                 "other_value": again,
+                "batch": self.batch,
             }
         )
         if not again:
@@ -137,6 +141,9 @@ class Scale:
             )
             runs.append(out)
         rates = sorted(r["rate"] for r in runs)
+        self.log(
+            f"  {t.name:12} put@64 at {self.filled[t.name]:,} keys: " + ", ".join(f"{r:,.0f}" for r in rates)
+        )
         p99 = sorted(r["p99_ms"] for r in runs)
         cpu = sorted(r["server_cpu_s"] / r["ops"] * 1e6 for r in runs if r["ops"])
         return {
@@ -356,10 +363,11 @@ def rows(res: dict[str, dict[str, Any]], n: int) -> list[tuple[str, list[float |
 def markdown(result: dict[str, Any]) -> str:
     meta, res = result["meta"], result["targets"]
     names = list(res)
+    fill = "Puts" if meta.get("fill", 1) == 1 else f"Txns of {meta['fill']} puts"
     out = [
         f"### Scale, {meta['date']} — {meta['machine']}",
         "",
-        f"`{meta['command']}` · {meta['keys']:,} keys · put@64 windows {meta['repeats']} x "
+        f"`{meta['command']}` · {meta['keys']:,} keys, filled by {fill} · put@64 windows {meta['repeats']} x "
         f"{meta['duration']} s · load average before {meta['load_before']}, after {meta['load_after']} · "
         f"etcd {meta['etcd_version']} · metastore {meta['git']} · {meta['minutes']:.0f} min",
         "",

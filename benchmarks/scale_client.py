@@ -43,32 +43,39 @@ def _lat(values: list[float]) -> dict[str, float]:
 
 
 async def fill(cmd: dict[str, Any]) -> dict[str, Any]:
-    """Put keys [start, start+count) of the scale space in Txns of `batch`, `parallel` in flight."""
-    start, count, batch = cmd["start"], cmd["count"], cmd.get("batch", 100)
+    """Put keys [start, start+count) of the scale space: one Put each, 256 in flight (`batch` 1),
+    or Txns of `batch` puts, 8 in flight."""
+    start, count, batch = cmd["start"], cmd["count"], cmd.get("batch", 1)
     value = wire.VALUE_B if cmd.get("other_value") else wire.VALUE
     firsts = iter(range(start, start + count, batch))
     chans = [_channel(cmd["endpoint"], i) for i in range(4)]
-    txns = [ch.unary_unary(wire.TXN) for ch in chans]
+    if batch == 1:
+        calls, parallel = [ch.unary_unary(wire.PUT) for ch in chans], 256
+    else:
+        calls, parallel = [ch.unary_unary(wire.TXN) for ch in chans], 8
     errors = 0
 
     async def worker(i: int) -> None:
         nonlocal errors
         for first in firsts:
-            keys = [wire.key(SPACE, n) for n in range(first, min(first + batch, start + count))]
-            req = wire.put_batch(keys, value)
-            for _ in range(5):  # a refused batch (a busy server) is retried, never skipped
+            if batch == 1:
+                req = wire.put(wire.key(SPACE, first), value)
+            else:
+                keys = [wire.key(SPACE, n) for n in range(first, min(first + batch, start + count))]
+                req = wire.put_batch(keys, value)
+            for _ in range(5):  # a refused write (a busy server) is retried, never skipped
                 try:
-                    await txns[i % len(txns)](req, timeout=120)
+                    await calls[i % len(calls)](req, timeout=120)
                     break
                 except grpc.aio.AioRpcError:
                     errors += 1
                     await asyncio.sleep(0.5)
             else:
-                raise RuntimeError(f"fill: batch at {first} failed 5 times")
+                raise RuntimeError(f"fill: write at {first} failed 5 times")
 
     t0 = time.perf_counter()
     try:
-        await asyncio.gather(*(worker(i) for i in range(cmd.get("parallel", 8))))
+        await asyncio.gather(*(worker(i) for i in range(parallel)))
     finally:
         for ch in chans:
             await ch.close()

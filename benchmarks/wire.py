@@ -41,9 +41,9 @@ _PUT_HEAD = b"\x0a\x08"
 _PUT_TAIL = pb.PutRequest(value=VALUE).SerializeToString()
 
 
-def put(k: bytes) -> bytes:
-    """PutRequest(key=k, value=VALUE) as wire bytes (k must be 8 bytes)."""
-    return _PUT_HEAD + k + _PUT_TAIL
+def put(k: bytes, value: bytes = VALUE) -> bytes:
+    """PutRequest(key=k, value=value) as wire bytes (k must be 8 bytes, value 256)."""
+    return _PUT_HEAD + k + (_PUT_TAIL if value is VALUE else _PUT_TAIL[:3] + value)
 
 
 def get(k: bytes, serializable: bool) -> bytes:
