@@ -276,6 +276,18 @@ class Config:
             'space exceeded" until etcdctl alarm disarm; reads, deletes and compaction go on.',
         ),
     )
+    value_cache_bytes: int = declare(
+        -1,
+        Setting(
+            "value-cache-bytes",
+            STORAGE,
+            "Bytes of newest values held in memory; -1 holds every one, 0 none.",
+            check=at_least(-1),
+            metavar="BYTES",
+            more="A read of a value not held goes to LevelDB (block cache, then disk) and holds it, "
+            "dropping values not read for longest. With --enable-crc no value is held.",
+        ),
+    )
     # etcd's auto-compaction: periodic (retention a duration, bare number = hours) or revision
     auto_compaction_mode: str = declare(
         "periodic",
