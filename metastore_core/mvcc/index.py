@@ -38,7 +38,7 @@ def is_tombstone(entry: int) -> bool:
 class KeyHistory:
     """Revisions of one key, oldest first, plus its newest generation's figures."""
 
-    __slots__ = ("create", "entries", "hot", "lease", "newest", "version")
+    __slots__ = ("clock", "create", "entries", "lease", "newest", "version")
 
     def __init__(
         self, entries: list[int] | None = None, create: int = 0, version: int = 0, lease: int = 0
@@ -53,7 +53,7 @@ class KeyHistory:
         # price of the live data set in memory, as etcd's mmap'd bbolt has it. Never held with
         # CRC on: those reads check the disk.
         self.newest: bytes | None = None
-        self.hot = False  # read or written since the cache's hand last passed (values.py)
+        self.clock = 0  # where it stands in the value cache's ring, with a budget (values.py)
 
     def at(self, main: int) -> int | None:
         """The newest entry at or below main revision, if it is not a tombstone."""

@@ -21,7 +21,7 @@ from google.protobuf.message import DecodeError
 from metastore_core import errors
 from metastore_core.mvcc import checkpoint
 from metastore_core.mvcc.index import Index, KeyHistory, entry_main, entry_sub, is_tombstone, pack
-from metastore_core.mvcc.values import ValueCache
+from metastore_core.mvcc.values import READ, ValueCache
 from metastore_core.pb.mvccpb.kv_pb2 import Event, KeyValue
 from metastore_core.storage import Storage
 from metastore_core.storage import layout as L
@@ -108,7 +108,7 @@ class MVCCStore:
 
     def _value_cache(self) -> ValueCache:
         # With CRC on, every read must check the stored record (spec §4), so nothing is held.
-        return ValueCache(0 if self.codec.crc else self._value_budget, lambda: self.index)
+        return ValueCache(0 if self.codec.crc else self._value_budget)
 
     # ---------------------------------------------------------------- load
     LOAD_PROGRESS_EVERY = 1 << 16  # records between progress calls while loading
@@ -352,7 +352,7 @@ class MVCCStore:
         """The serialized KeyValue of one entry of h: from memory when it is the newest and held."""
         newest = h.newest
         if newest is not None and entry == h.entries[-1]:
-            h.hot = True
+            h.clock = READ  # held implies in the ring; unused without a budget
             return newest
         skey = L.rev_key(entry_main(entry), entry_sub(entry), is_tombstone(entry))
         payload = self._overlay.get(skey)

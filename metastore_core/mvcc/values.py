@@ -3,40 +3,43 @@
 A key's newest value is its KeyHistory.newest when it is held, else None and a read of it goes
 to storage (LevelDB: its block cache, then the disk, every block checksum-verified; see
 store.MVCCStore.kv_bytes), after which it is held again. Without a budget every newest value
-is held, as etcd's mmap'd bbolt keeps its pages: reads of current data then touch no storage.
+is held, as etcd's mmap'd bbolt keeps its pages: reads of current data then touch no storage,
+and none of the bookkeeping below runs.
 
-Eviction is CLOCK with the index as the ring: a hand walks the keys in order; a value read (or
-written) since the hand last passed is spared once (its `hot` mark cleared), any other is
-dropped. No list of held values is kept, so a deleted or compacted key leaves nothing behind,
-and the per-key cost is one slot. Worked example, budget 3 values, hand after "a":
-    hold b, c, d (hot)          held b c d          hand sweeps b c d (clears hot), evicts b
-    read c; hold e (hot)        held c d e          hand at b: c is hot (spared), d dropped
+With a budget, eviction is CLOCK over a ring (a deque) of the histories whose values are held;
+KeyHistory.clock says where a history stands: OUT (not in the ring), IN, or READ (read or written
+since the hand last passed). The hand takes the ring's head: a READ one is spared once (back to
+IN, to the tail), an IN one is dropped. A history whose value went meanwhile (its key deleted)
+simply leaves the ring when the hand meets it, so each eviction costs O(1) amortised whatever
+the size of the index. Worked example, room for 3 values:
+    hold a, b, c (READ)        ring a b c        hold d: a, b, c spared (IN), a dropped
+    read c; hold e             ring b c d e      hand: b dropped (IN); c READ stays
 A value is only ever the newest of its key: writes replace it, deletes forget it, so dropping
 one costs a storage read later and never changes an answer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Iterable
 
-from metastore_core.mvcc.index import Index, KeyHistory
+from metastore_core.mvcc.index import KeyHistory
 
-SPARE = 64  # hot values a hand may spare per eviction before it drops one anyway
+OUT, IN, READ = 0, 1, 2  # KeyHistory.clock
 
 
 class ValueCache:
     """The held newest values and their budget; budget None holds all, 0 none."""
 
-    def __init__(self, budget: int | None, index: Callable[[], Index]) -> None:
+    def __init__(self, budget: int | None) -> None:
         self.budget = budget
-        self._index = index  # the store's current index (load replaces it)
         self.bytes = 0  # bytes of the values held
         self.held = 0  # values held
         self.misses = 0  # reads that went to storage for a newest value
         self.evictions = 0
-        self._hand = b""  # the key the hand stopped at
+        self._ring: deque[KeyHistory] = deque()  # held (and lately forgotten) histories, hand first
 
-    def hold(self, h: KeyHistory, payload: bytes) -> None:
+    def hold(self, h: KeyHistory, payload: bytes, clock: int = READ) -> None:
         """payload is h's newest value now (written, loaded, or read from storage)."""
         old = h.newest
         if old is not None:
@@ -47,14 +50,18 @@ class ValueCache:
             h.newest = None
             return
         h.newest = payload
-        h.hot = True
         self.bytes += len(payload)
         self.held += 1
-        if budget is not None and self.bytes > budget:
+        if budget is None:
+            return
+        if h.clock == OUT:
+            self._ring.append(h)
+        h.clock = clock
+        if self.bytes > budget:
             self._evict(budget, h)
 
     def forget(self, h: KeyHistory) -> None:
-        """h has no newest value any more (its key was deleted)."""
+        """h has no newest value any more (its key was deleted); it leaves the ring lazily."""
         old = h.newest
         if old is not None:
             self.bytes -= len(old)
@@ -62,15 +69,14 @@ class ValueCache:
             h.newest = None
 
     def fill(self, h: KeyHistory, payload: bytes) -> None:
-        """At load: hold payload while the budget has room (no eviction: the index is not built
-        yet, and records come oldest first); past it, hold nothing older of h either."""
+        """At load: hold payload while the budget has room (no eviction: records come oldest
+        first); past it, hold nothing older of h either."""
         budget = self.budget
         old = h.newest
         if budget is not None and self.bytes + len(payload) - (len(old) if old else 0) > budget:
             self.forget(h)
             return
-        self.hold(h, payload)
-        h.hot = False
+        self.hold(h, payload, IN)
 
     def recount(self, histories: Iterable[KeyHistory]) -> None:
         """Count what a load left held (it sets newest directly when there is no budget)."""
@@ -78,26 +84,20 @@ class ValueCache:
         self.bytes, self.held = sum(sizes), len(sizes)
 
     def _evict(self, budget: int, keep: KeyHistory) -> None:
-        index = self._index()
-        keys = index.keys_after(self._hand)  # a fresh iterator each time: the index changes between
-        spared = 0
-        left = 2 * len(index) + 1  # two laps clear every mark: the walk always ends
+        ring = self._ring
+        left = 2 * len(ring) + 1  # two laps clear every mark: the walk always ends
         while self.bytes > budget and left:
             left -= 1
-            k = next(keys, None)
-            if k is None:  # the end of the ring: around again
-                keys = index.keys_after(b"", inclusive=True)
-                continue
-            self._hand = k
-            h = index.get(k)
-            if h is None or h.newest is None or h is keep:
-                continue
-            if h.hot and spared < SPARE:
-                h.hot = False
-                spared += 1
-                continue
-            self.bytes -= len(h.newest)
-            self.held -= 1
-            h.newest = None
-            h.hot = False
-            self.evictions += 1
+            h = ring.popleft()
+            if h.newest is None:  # forgotten since it was held
+                h.clock = OUT
+            elif h is keep or h.clock == READ:
+                if h is not keep:
+                    h.clock = IN
+                ring.append(h)
+            else:
+                self.bytes -= len(h.newest)
+                self.held -= 1
+                h.newest = None
+                h.clock = OUT
+                self.evictions += 1
