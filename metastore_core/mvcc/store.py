@@ -238,7 +238,7 @@ class MVCCStore:
             return
         view = self.storage.view()
         start, stop = L.rev_range(0, below + 1)
-        unpack, budget = L.REV_KEY.unpack_from, values.budget
+        unpack = L.REV_KEY.unpack_from
         done = held = 0
         try:
             for skey, record in view.scan(start, stop):
@@ -249,13 +249,13 @@ class MVCCStore:
                         return  # a reload: it decides again what is cold
                 if len(skey) == 18:
                     continue
-                if budget is not None and values.bytes >= budget:
-                    break
                 main, sub = unpack(skey, 1)
                 payload = self.codec.decode(record, skey)
                 h = index.get(_decode(payload, skey, main).key)
                 if h is not None and h.newest is None and h.entries[-1] == (main << 33) | (sub << 1):
                     values.fill(h, payload)
+                    if h.newest is None:
+                        break  # the budget is full: the rest stays in storage
                     held += 1
         finally:
             view.close()

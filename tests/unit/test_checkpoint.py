@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from metastore_core.engine.ranges import range_at
 from metastore_core.mvcc import checkpoint
 from metastore_core.mvcc.store import MVCCStore
 from metastore_core.pb.etcdserverpb import rpc_pb2 as pb
@@ -202,3 +203,20 @@ def test_kill_9_while_saving_a_checkpoint(tmp_path: Path, point: str, loaded_fro
     assert state == scanned
     keys = state[2]
     assert len(keys) == (120 if point == "file" else 170)
+
+
+def test_warm_stops_at_the_value_budget_and_counts_what_it_held(tmp_path: Path) -> None:
+    e = _engine(tmp_path)
+    one = len(e.store.index.get(b"k00").newest or b"")
+    _save(e)
+    e = Engine(e.storage, checkpoint_dir=tmp_path, value_cache_bytes=4 * one + one // 2)
+    store = e.store
+    said = list(store.warm(step=2))[-1]
+    assert said == store.values.held <= 4
+    assert 0 < store.values.bytes <= 4 * one + one // 2
+    assert _get_all(e) == _get_all(Engine(e.storage))
+
+
+def _get_all(e: Engine) -> list[tuple[bytes, bytes]]:
+    r = range_at(e.store, pb.RangeRequest(key=b"\0", range_end=b"\0"), e.store.committed_rev)
+    return [(kv.key, kv.value) for kv in r.kvs]
