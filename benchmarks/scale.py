@@ -41,9 +41,32 @@ from benchmarks.servers import Target, clean_env
 QUOTA = str(8 << 30)
 RESTART_TIMEOUT_S = 900.0
 STOP_TIMEOUT_S = 300.0
-FIGURES_AFTER_START_S = 2.0  # RSS after a restart is read this long after the first answer
+FIGURES_AFTER_START_S = 2.0  # RSS after a restart is read this long after the first answer (and warm-up)
 
 Log = Any  # (str) -> None
+
+
+WARMED = "value cache warmed"  # metastore's log line once a start from its index checkpoint holds every value
+
+
+def _count(log: Path, text: str) -> int:
+    try:
+        return log.read_text(errors="replace").count(text)
+    except FileNotFoundError:
+        return 0
+
+
+def _warm_up(log: Path, before: int, timeout: float = 300.0) -> float:
+    """Seconds until metastore logs that its values are held again after a start from the index
+    checkpoint (0 after a scan, which holds them as it loads): RSS is read after that."""
+    t0 = time.monotonic()
+    text = log.read_text(errors="replace")
+    last_load = text[text.rfind("store loaded from") :]
+    if not last_load.startswith("store loaded from index checkpoint"):
+        return 0.0
+    while _count(log, WARMED) <= before and time.monotonic() - t0 < timeout:
+        time.sleep(0.05)
+    return time.monotonic() - t0
 
 
 def rss_mib(pid: int) -> float:
@@ -161,11 +184,20 @@ class Scale:
         t0 = time.monotonic()
         t.stop(timeout=STOP_TIMEOUT_S)
         stop_s = time.monotonic() - t0
+        log = t.workdir / f"{t.name.replace('/', '_')}.log"
+        warmed_before = _count(log, WARMED)
         start_s = t.start(timeout=RESTART_TIMEOUT_S)
+        t1 = time.monotonic()
+        warm_s = _warm_up(log, warmed_before) if t.kind == "metastore" else 0.0
         time.sleep(FIGURES_AFTER_START_S)
         out = {"stop_s": stop_s, "restart_s": start_s, "rss_after_restart_mib": rss_mib(t.pid)}
+        if t.kind == "metastore":
+            out["warm_s"] = warm_s
         rss = out["rss_after_restart_mib"]
-        self.log(f"  {t.name:12} stop {stop_s:.2f} s, restart {start_s:.2f} s, RSS {rss:.0f} MiB")
+        self.log(
+            f"  {t.name:12} stop {stop_s:.2f} s, restart {start_s:.2f} s, values warm after "
+            f"{warm_s:.1f} s more, RSS {rss:.0f} MiB (waited {time.monotonic() - t1:.1f} s)"
+        )
         return out
 
     def range_all(self, t: Target, concurrent: int) -> dict[str, Any]:
@@ -282,7 +314,9 @@ class Scale:
 
 
 def server_flags(kind: str) -> tuple[str, ...]:
-    return ("--quota-backend-bytes", QUOTA) if kind in ("etcd", "metastore") else ()
+    if kind == "metastore":  # info: its load and warm-up lines (_warm_up reads them)
+        return ("--quota-backend-bytes", QUOTA, "--log-level", "info")
+    return ("--quota-backend-bytes", QUOTA) if kind == "etcd" else ()
 
 
 # ---------------------------------------------------------------- report
@@ -316,6 +350,12 @@ def rows(res: dict[str, dict[str, Any]], n: int) -> list[tuple[str, list[float |
         (f"restart to first answer at {tenth:,} keys, s", get("restart_tenth.restart_s"), ".2f"),
         (f"restart at {n:,} keys, s", get("restart_n.restart_s"), ".2f"),
         (f"restart at {2 * n:,} keys, s", get("restart_2n.restart_s"), ".2f"),
+        (
+            f"... values held again after it (from the index checkpoint) at {n:,} / {2 * n:,}, s",
+            get("restart_n.warm_s"),
+            ".1f",
+        ),
+        ("", get("restart_2n.warm_s"), ".1f"),
         (f"stop (SIGTERM to exit) at {n:,} / {2 * n:,} keys, s", get("restart_n.stop_s"), ".2f"),
         ("", get("restart_2n.stop_s"), ".2f"),
         (f"RSS after load at {n:,} keys, MiB", get("sizes_n.rss_mib"), ".0f"),
