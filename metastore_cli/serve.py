@@ -20,6 +20,7 @@ from typer.core import TyperCommand
 
 from metastore_core.config import CONFIG_FILE_ENV, GROUPS, SETTINGS, Config, ConfigError, load_config
 from metastore_core.server.app import Server
+from metastore_core.server.logline import LineFormatter
 from metastore_core.setting import Setting
 from metastore_core.storage.base import StorageError
 from metastore_core.storage.datadir import DataDirInUse
@@ -84,11 +85,10 @@ def serve(config_file: Path | None = None, **options: Any) -> None:
     except ConfigError as exc:
         typer.echo(f"Error: {exc}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    # one record per line: client text (a Shutdown reason, a key) cannot forge a record
+    handler.setFormatter(LineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=config.log_level.upper(), handlers=[handler])
     try:
         if config.event_loop == "uvloop":
             import uvloop

@@ -13,6 +13,7 @@ import asyncio
 import itertools
 import logging
 import resource
+import time
 from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
@@ -50,6 +51,8 @@ from metastore_core.storage.memory import MemoryStorage
 log = logging.getLogger("metastore")
 
 TASK_RESTARTS = 5
+QUIET_S = 0.05  # shutdown: no call refused for this long means grpc-core's queue is empty
+MAX_QUIET_WAIT_S = 1.0  # ... but stop waiting for that after this long (clients keep calling)
 LEASE_LOOPS = ("lease-expiry", "lease-checkpoints")
 
 
@@ -225,10 +228,15 @@ class Server:
         self.health.enter_shutdown()
 
     async def _stop_accepting(self) -> None:
-        self.limiter.draining = True
+        self.limiter.start_draining()
         if self.grpc is not None and self._grpc_stop is None:
+            # Calls queued in grpc-core are cancelled by its stop (CANCELLED: etcd clients do not
+            # retry): keep serving until the queue has drained, each call refused UNAVAILABLE.
+            lc = self.lifecycle
+            await self.limiter.quiet(QUIET_S, min(lc.drain_deadline, time.monotonic() + MAX_QUIET_WAIT_S))
+            grace = max(lc.drain_deadline - time.monotonic(), 0.0)
             # Refuses new RPCs and connections now; finishes once in-flight calls end.
-            self._grpc_stop = asyncio.ensure_future(self.grpc.stop(self.config.shutdown_timeout_s))
+            self._grpc_stop = asyncio.ensure_future(self.grpc.stop(grace))
 
     async def _wait_in_flight(self) -> None:
         if self._grpc_stop is not None:
@@ -266,6 +274,7 @@ class Server:
 
     async def serve_until_stopped(self) -> int:
         """Serve until a signal, `metastore stop` or the Shutdown RPC; then shut down."""
+        self.lifecycle.arm_watchdog()  # this is the process: the timeout holds even if the loop sticks
         self.lifecycle.install_signal_handlers(asyncio.get_running_loop())
         await self.lifecycle.requested.wait()
         return await self.shutdown()
