@@ -133,7 +133,13 @@ class Config:
     max_txn_ops: int = declare(
         128,
         Setting(
-            "max-txn-ops", REQUESTS, "Most compares, or operations per branch, in one txn.", check=at_least(1)
+            "max-txn-ops",
+            REQUESTS,
+            "Most compares, or operations per branch, in one txn.",
+            check=at_least(1),
+            more="Nested txns count toward the level holding them (a nested txn is one operation "
+            "plus its own), so the branch path that runs holds at most this many; etcd counts "
+            "each level alone.",
         ),
     )
     max_request_bytes: int = declare(
@@ -145,6 +151,20 @@ class Config:
             check=at_least(KiB),
             metavar="BYTES",
             more='Larger ones get INVALID_ARGUMENT "etcdserver: request is too large".',
+        ),
+    )
+    max_response_bytes: int = declare(
+        256 * MiB,
+        Setting(
+            "max-response-bytes",
+            REQUESTS,
+            "Largest reply (a Range or a Txn's reads), in bytes.",
+            check=at_least(64 * KiB),
+            metavar="BYTES",
+            more='A read that would build more gets RESOURCE_EXHAUSTED "etcdserver: response is too '
+            'large" as soon as it passes the limit (etcd refuses replies over its 2 GiB gRPC send '
+            "limit); page with limit, or ask for keys_only or count_only. Big reads are built in "
+            "steps that let other requests run between them.",
         ),
     )
     max_key_bytes: int = declare(

@@ -125,6 +125,16 @@ class TooManyRequests(MetastoreError):
         )
 
 
+class ResponseTooLarge(MetastoreError):
+    """A reply would exceed --max-response-bytes (etcd's gRPC refuses replies over its send limit)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"etcdserver: response is too large: more than {limit} bytes (--max-response-bytes); "
+            "ask for less (limit, keys_only, count_only) or page through the range"
+        )
+
+
 class RequestTimeout(MetastoreError):
     message = "etcdserver: request timed out"
 

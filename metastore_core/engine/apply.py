@@ -21,35 +21,9 @@ from metastore_core.engine.alarms import Alarms
 from metastore_core.engine.entry import Entry
 from metastore_core.engine.lease import Lessor
 from metastore_core.engine.ranges import range_at
+from metastore_core.engine.reads import EMPTY_KV, compare_kv
 from metastore_core.mvcc.store import MVCCStore, WriteTxn
 from metastore_core.pb.etcdserverpb import rpc_pb2 as pb
-from metastore_core.pb.mvccpb.kv_pb2 import KeyValue
-
-_EMPTY_KV = KeyValue()
-_TARGET_FIELD = {
-    pb.Compare.VERSION: "version",
-    pb.Compare.CREATE: "create_revision",
-    pb.Compare.MOD: "mod_revision",
-    pb.Compare.LEASE: "lease",
-}
-
-
-def _compare_kv(c: pb.Compare, kv: KeyValue) -> bool:
-    if c.target == pb.Compare.VALUE:
-        a: Any = kv.value
-        b: Any = c.value
-    else:
-        name = _TARGET_FIELD[c.target]
-        a = getattr(kv, name)
-        b = getattr(c, name) if c.WhichOneof("target_union") == name else 0
-    r = c.result
-    if r == pb.Compare.EQUAL:
-        return bool(a == b)
-    if r == pb.Compare.NOT_EQUAL:
-        return bool(a != b)
-    if r == pb.Compare.GREATER:
-        return bool(a > b)
-    return bool(a < b)
 
 
 class Applier:
@@ -148,10 +122,10 @@ class Applier:
         found = False
         for _, e, h in s.live(c.key, c.range_end, rev):
             found = True
-            if not _compare_kv(c, s.kv(e, h)):
+            if not compare_kv(c, s.kv(e, h)):
                 return False
         if not found:
-            return c.target != pb.Compare.VALUE and _compare_kv(c, _EMPTY_KV)
+            return c.target != pb.Compare.VALUE and compare_kv(c, EMPTY_KV)
         return True
 
     def _path(self, r: pb.TxnRequest, path: list[bool]) -> None:

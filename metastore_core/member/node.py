@@ -15,17 +15,20 @@ import os
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from metastore_core import errors
 from metastore_core.config import Config
+from metastore_core.engine import reads, wire
 from metastore_core.engine.alarms import Alarms
 from metastore_core.engine.apply import Applier
 from metastore_core.engine.autocompact import make_policy
+from metastore_core.engine.commands import mutates
 from metastore_core.engine.entry import AuthInfo, Command, Entry
 from metastore_core.engine.lease import Lessor
 from metastore_core.engine.ranges import range_at
 from metastore_core.engine.watch import WatchHub, WatchLimits, WatchSession
+from metastore_core.engine.wire import Encoded
 from metastore_core.member.committer import Committer, Listener
 from metastore_core.member.compactor import AutoCompactor, Compactor
 from metastore_core.member.consensus import Consensus, MemberInfo
@@ -45,6 +48,8 @@ log = logging.getLogger(__name__)
 ETCD_API_VERSION = "3.5.0"  # the etcd API level we speak; clients switch features on it
 PEER_URL = "http://localhost:2380"  # no peers yet: what MemberList shows until cluster mode
 _ALARM = pb.AlarmRequest
+SLICE_S = 0.002  # a long read holds the event loop at most about this long at a time
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,20 @@ class Loop:
 
     name: str
     run: Callable[[], Coroutine[Any, Any, None]]
+
+
+async def _steps(steps: reads.Steps[T]) -> T:
+    """Drive a read in steps, giving the event loop a turn once a slice of SLICE_S has passed."""
+    clock = time.perf_counter
+    end = clock() + SLICE_S
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value
+        if clock() >= end:
+            await asyncio.sleep(0)
+            end = clock() + SLICE_S
 
 
 def _spawn(name: str, fn: Callable[[], Awaitable[None]]) -> asyncio.Future[None]:
@@ -195,6 +214,42 @@ class Node:
         resp = range_at(store, r, store.check_rev(r.revision))
         self.header(resp.header, store.committed_rev)
         return resp
+
+    async def read(self, r: pb.RangeRequest, auth: AuthInfo | None = None) -> pb.RangeResponse | Encoded:
+        """A client's Range: one key at once; a range in steps that let other requests run
+        between them, the reply built in pieces (engine/reads.py), at most --max-response-bytes."""
+        if not r.range_end:
+            return await self.range(r, auth)
+        if not r.serializable:
+            await self._consensus.read_index()
+        store = self._store
+        rev = store.check_rev(r.revision)
+        current = store.committed_rev
+        with store.pinned(rev):
+            body = await _steps(reads.range_steps(store, r, rev, self._config.max_response_bytes))
+        return self._reply(wire.RANGE_HEADER, body, current)
+
+    async def txn(self, r: pb.TxnRequest, auth: AuthInfo | None = None) -> pb.TxnResponse | Encoded:
+        """A client's Txn: one that can write goes through write(); one that only compares and
+        reads is served at the committed revision, in steps, as etcd serves it without raft."""
+        if mutates(r):
+            resp: pb.TxnResponse = await self.write(r, auth)
+            return resp
+        await self._consensus.read_index()
+        store = self._store
+        rev = store.committed_rev
+        with store.pinned(rev):
+            body = await _steps(reads.txn_steps(store, r, rev, self._config.max_response_bytes))
+        return self._reply(wire.TXN_HEADER, body, rev)
+
+    def _reply(self, header_field: int, body: wire.Body, revision: int) -> Encoded:
+        """body with its response header in front, as one serialized reply."""
+        header = pb.ResponseHeader()
+        self.header(header, revision)
+        out = wire.Body()
+        out.add_field(header_field, header.SerializeToString())
+        out.parts.extend(body.parts)
+        return Encoded(b"".join(out.parts))
 
     async def write(self, command: Command, auth: AuthInfo | None = None) -> Any:
         """Check, propose and apply one write command; answers once it is durable."""

@@ -18,6 +18,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 
 from metastore_core import errors
+from metastore_core.engine.wire import Encoded
 from metastore_core.server.methods import Behaviour, Call, Layer, MethodInfo, method_info
 from metastore_core.server.status import code_of
 
@@ -65,6 +66,18 @@ def _deserializer(cls: type[Message]) -> Callable[[bytes], Any]:
             return MALFORMED
 
     return deserialize
+
+
+def _serializer(cls: type[Message]) -> Callable[[Any], bytes]:
+    """cls's serializer; a reply a servicer built already serialized (Encoded) goes as it is."""
+    serialize = cls.SerializeToString
+
+    def encode(message: Any) -> bytes:
+        if type(message) is Encoded:
+            return message.data
+        return serialize(message)
+
+    return encode
 
 
 async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
@@ -136,7 +149,7 @@ def handler(service: str, methods: Sequence[Method], layers: Sequence[Layer]) ->
         handlers[m.info.name] = make(
             _grpc_behaviour(m.info, fn),
             request_deserializer=_deserializer(m.request),
-            response_serializer=m.response.SerializeToString,
+            response_serializer=_serializer(m.response),
         )
     return grpc.method_handlers_generic_handler(service, handlers)
 

@@ -98,6 +98,7 @@ TABLE: dict[type[errors.MetastoreError], Code] = {
     errors.StorageFailed: Code.UNAVAILABLE,
     errors.MemoryLimit: Code.RESOURCE_EXHAUSTED,
     errors.TooManyRequests: Code.RESOURCE_EXHAUSTED,
+    errors.ResponseTooLarge: Code.RESOURCE_EXHAUSTED,
     errors.RequestTimeout: Code.DEADLINE_EXCEEDED,
     errors.Stopping: Code.UNAVAILABLE,
     errors.Unavailable: Code.UNAVAILABLE,
