@@ -203,6 +203,11 @@ class WatchHub:
     def watcher_count(self) -> int:
         return sum(len(s.watchers) for s in self.sessions)
 
+    @property
+    def slow_count(self) -> int:
+        """Watchers not in sync with the store (out of the fan-out until they catch up)."""
+        return sum(1 for s in self.sessions for w in s.watchers.values() if not w.synced and not w.closing)
+
     def _add(self, w: Watcher) -> None:
         if w.single_key:
             self._by_key.setdefault(w.key, set()).add(w)

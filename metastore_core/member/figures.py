@@ -99,6 +99,11 @@ class MemberFigures:
         return self._hub.victims_total
 
     @property
+    def slow_watchers(self) -> int:
+        """Watchers behind the store now (victims and watchers replaying a past revision)."""
+        return self._hub.slow_count
+
+    @property
     def slow_watch_cancels_total(self) -> int:
         return self._hub.slow_cancels_total
 

@@ -21,11 +21,14 @@ import grpc
 from metastore_core.config import Config
 from metastore_core.member.node import Node
 from metastore_core.server import listeners, rpc
-from metastore_core.server.catalog import Service, build_services
+from metastore_core.server.catalog import OPERATOR_SERVICES, Service, build_services
+from metastore_core.server.connections import Connections
 from metastore_core.server.figures import Figures
+from metastore_core.server.gcpauses import GCPauses
 from metastore_core.server.healthcheck import HealthMonitor, storage_checker, task_checker
 from metastore_core.server.http import HttpEndpoint
 from metastore_core.server.layers import reliability_layers
+from metastore_core.server.layers.clients import ClientLimits
 from metastore_core.server.layers.limits import Limiter, MemoryMonitor
 from metastore_core.server.layers.metrics import RequestMetrics, make_registry
 from metastore_core.server.layers.recovery import Recovery
@@ -38,6 +41,7 @@ from metastore_core.server.lifecycle import (
     load_report,
     save_report,
 )
+from metastore_core.server.looplag import LoopLag
 from metastore_core.server.methods import Layer
 from metastore_core.server.services import faults
 from metastore_core.server.services.health import NOT_SERVING, HealthService
@@ -87,12 +91,19 @@ class Server:
     def __init__(self, config: Config, layers: Sequence[Layer] | None = None) -> None:
         """layers=None builds the reliability layer; pass [] to serve without it (benchmarks)."""
         self.config = config
+        self.ports: list[int] = []
         self.recovery = Recovery()
-        self.limiter = Limiter(config.max_concurrent_requests, config.request_timeout_s)
+        self.connections = Connections(config.max_connections, self.ports)
+        self.limiter = Limiter(config.max_concurrent_requests, config.request_timeout_s, self.connections)
+        self.clients = ClientLimits(config.max_client_requests, config.client_rate, config.client_burst)
         self.memory = MemoryMonitor(config.max_memory_bytes, config.memory_check_interval_s)
         self.metrics = RequestMetrics()
+        self.loop_lag = LoopLag()
+        self.gc_pauses = GCPauses()
         self.layers: list[Layer] = (
-            reliability_layers(self.recovery, self.limiter, self.metrics) if layers is None else list(layers)
+            reliability_layers(self.recovery, self.limiter, self.metrics, self.clients)
+            if layers is None
+            else list(layers)
         )
         self.lifecycle = Lifecycle(config.shutdown_timeout_s)
         self.health = HealthService()
@@ -102,7 +113,8 @@ class Server:
         self.storage: Storage | None = None
         self.node: Node | None = None
         self.grpc: grpc.aio.Server | None = None
-        self.ports: list[int] = []
+        self.admin: grpc.aio.Server | None = None  # --listen-admin-urls: health and admin only
+        self.admin_ports: list[int] = []
         self.services: list[Service] = []
         self._grpc_stop: asyncio.Future[None] | None = None
         self.stopped = asyncio.Event()
@@ -140,14 +152,27 @@ class Server:
             self.memory.on_full = node.set_memory_full
             self.grpc = grpc.aio.server(options=listeners.grpc_options(cfg))
             figures = Figures(
-                cfg, node, self.limiter, self.memory, self.recovery, self.monitor, self.lifecycle, self.ports
+                cfg,
+                node,
+                self.limiter,
+                self.memory,
+                self.recovery,
+                self.monitor,
+                self.lifecycle,
+                self.ports,
+                self.loop_lag,
+                self.connections,
+                self.clients,
             )
             self.services = build_services(node, cfg, self.health, figures, self.lifecycle)
+            if cfg.listen_admin_urls:
+                self.admin = grpc.aio.server(options=listeners.grpc_options(cfg, listeners.ADMIN_CONNECTIONS))
             for svc in self.services:
                 methods = rpc.service_methods(svc.descriptor, svc.servicer, svc.modules)
-                self.grpc.add_generic_rpc_handlers(
-                    (rpc.handler(svc.descriptor.full_name, methods, self.layers),)
-                )
+                handler = rpc.handler(svc.descriptor.full_name, methods, self.layers)
+                self.grpc.add_generic_rpc_handlers((handler,))
+                if self.admin is not None and svc.descriptor.full_name in OPERATOR_SERVICES:
+                    self.admin.add_generic_rpc_handlers((handler,))
             if faults.enabled(cfg.test_faults):
                 log.warning("TEST FAULT INJECTION ENABLED: never use this outside tests")
                 fault_methods = faults.FaultService(node, self.monitor).methods()
@@ -159,6 +184,11 @@ class Server:
             for name in ["", *self.monitor.service_names]:
                 self.health.set(name, NOT_SERVING)
             self.ports.extend(listeners.bind_client_urls(self.grpc, cfg.listen_client_urls))
+            if self.admin is not None:
+                self.admin_ports = listeners.bind_client_urls(
+                    self.admin, cfg.listen_admin_urls, "--listen-admin-urls"
+                )
+                await self.admin.start()
             await self._start_http(figures)
             await self.grpc.start()
             self._start_tasks(node)
@@ -167,8 +197,9 @@ class Server:
         except BaseException:
             if self.http is not None:
                 await self.http.close()
-            if self.grpc is not None:
-                await self.grpc.stop(0)
+            for server in (self.grpc, self.admin):
+                if server is not None:
+                    await server.stop(0)
             await self.recovery.stop_tasks()
             await self._release()
             raise
@@ -210,6 +241,9 @@ class Server:
         rec.safe_spawn_with_restart("health-monitor", self.monitor.run, 1000)
         rec.safe_spawn_with_restart("memory-monitor", self.memory.run, 1000)
         rec.safe_spawn_with_restart("request-timeouts", self.limiter.run_timeouts, 1000)
+        rec.safe_spawn_with_restart("loop-lag", self.loop_lag.run, 1000)
+        rec.safe_spawn_with_restart("connections", self.connections.run, 1000)
+        rec.safe_spawn_with_restart("client-sweep", self.clients.run, 1000)
 
     # ------------------------------------------------------------------ stop
     def _register_shutdown(self, node: Node) -> None:
@@ -248,8 +282,9 @@ class Server:
 
     async def _close_server(self) -> None:
         await self.recovery.stop_tasks()
-        if self.grpc is not None:
-            await self.grpc.stop(0)
+        for server in (self.grpc, self.admin):  # the health/admin listener answers until the end
+            if server is not None:
+                await server.stop(0)
         await self._release()
 
     async def stop(self, grace: float | None = None) -> None:
@@ -275,6 +310,9 @@ class Server:
     async def serve_until_stopped(self) -> int:
         """Serve until a signal, `metastore stop` or the Shutdown RPC; then shut down."""
         self.lifecycle.arm_watchdog()  # this is the process: the timeout holds even if the loop sticks
+        # ... and its garbage collector: full collections stay short (server/gcpauses.py)
+        self.gc_pauses.after_load()
+        self.gc_pauses.install()
         self.lifecycle.install_signal_handlers(asyncio.get_running_loop())
         await self.lifecycle.requested.wait()
         return await self.shutdown()

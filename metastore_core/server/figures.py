@@ -16,11 +16,14 @@ from metastore_core import __version__
 from metastore_core.config import Config
 from metastore_core.member.node import ETCD_API_VERSION, Node
 from metastore_core.pb.metastore.admin.v1 import admin_pb2 as apb
+from metastore_core.server.connections import Connections
 from metastore_core.server.healthcheck import HealthMonitor
+from metastore_core.server.layers.clients import ClientLimits
 from metastore_core.server.layers.limits import Limiter, MemoryMonitor, count_connections
 from metastore_core.server.layers.metrics import RequestMetrics
 from metastore_core.server.layers.recovery import Recovery
 from metastore_core.server.lifecycle import Lifecycle
+from metastore_core.server.looplag import LoopLag
 
 
 class Figures:
@@ -36,6 +39,9 @@ class Figures:
         monitor: HealthMonitor,
         lifecycle: Lifecycle,
         ports: list[int],
+        loop_lag: LoopLag | None = None,
+        connections: Connections | None = None,
+        clients: ClientLimits | None = None,
     ) -> None:
         self.config = config
         self.node = node
@@ -45,9 +51,15 @@ class Figures:
         self.monitor = monitor
         self.lifecycle = lifecycle
         self.ports = ports
+        self.loop_lag = loop_lag or LoopLag()
+        self.conns = connections or Connections(config.max_connections, ports)
+        self.clients = clients or ClientLimits(config.max_client_requests, config.client_rate)
 
     def connections(self) -> int:
         return count_connections(self.ports)
+
+    def _clients(self) -> float:
+        return len(self.clients.clients)
 
     async def stats(self) -> apb.GetStatsResponse:
         """What `metastore stats` shows."""
@@ -78,10 +90,27 @@ class Figures:
             leases=f.leases,
             requests_refused=lim.refused,
             requests_peak=lim.peak_requests,
+            connections_refused=self.conns.refused,
+            connections_closed_idle=self.conns.closed_idle,
+            client_requests_max=self.clients.max_in_flight,
+            client_rate=self.clients.rate,
+            clients=len(self.clients.clients),
+            client_refused_in_flight=self.clients.refused_in_flight,
+            client_refused_rate=self.clients.refused_rate,
+            slow_watchers=f.slow_watchers,
+            loop_lag_seconds=self.loop_lag.lag,
+            loop_lag_peak_seconds=self.loop_lag.peak,
             serving=mon.serving,
             health_reasons=mon.reasons(),
             pid=os.getpid(),
         )
+        for key, c in self.clients.busiest():
+            resp.busiest_clients.add(
+                client=key,
+                in_flight=c.in_flight,
+                requests=c.requests,
+                refused=c.refused_in_flight + c.refused_rate,
+            )
         report = self.lifecycle.report or self.lifecycle.previous
         if report is not None:
             resp.last_shutdown_reason = report.reason
@@ -103,6 +132,26 @@ class Figures:
                 "metastore_requests_refused_total",
                 "Unary calls refused at the concurrency limit.",
                 lambda: lim.refused,
+            ),
+            (
+                "metastore_connections_refused_total",
+                "Calls refused on connections opened past --max-connections.",
+                lambda: self.conns.refused,
+            ),
+            (
+                "metastore_connections_closed_idle_total",
+                "Connections closed at the limit for not starting the HTTP/2 handshake.",
+                lambda: self.conns.closed_idle,
+            ),
+            (
+                "metastore_client_refused_in_flight_total",
+                "Calls refused at one client's in-flight cap (--max-client-requests).",
+                lambda: self.clients.refused_in_flight,
+            ),
+            (
+                "metastore_client_refused_rate_total",
+                "Calls refused at one client's rate limit (--client-rate).",
+                lambda: self.clients.refused_rate,
             ),
             ("etcd_server_health_success_total", "Successful health evaluations.", lambda: mon.successes),
             ("etcd_server_health_failures_total", "Failed health evaluations.", lambda: mon.failures),
@@ -189,6 +238,17 @@ class Figures:
                 lambda: lim.max_requests,
             ),
             ("metastore_streams_current", "Open streaming calls.", lambda: lim.streams),
+            ("metastore_clients_current", "Clients with calls in flight or tokens spent.", self._clients),
+            (
+                "metastore_client_requests_limit",
+                "Unary calls in flight per client (--max-client-requests; 0: none).",
+                lambda: self.clients.max_in_flight,
+            ),
+            (
+                "etcd_debugging_mvcc_slow_watcher_total",
+                "Watchers behind the store (they replay from it once their stream drains).",
+                lambda: f.slow_watchers,
+            ),
             (
                 "metastore_health_serving",
                 "1 while the overall health status is SERVING.",
@@ -221,6 +281,11 @@ class Figures:
                 lambda: f.compaction_last_seconds,
             ),
             ("os_fd_used", "Open file descriptors.", lambda: len(os.listdir("/proc/self/fd"))),
+            (
+                "metastore_event_loop_lag_seconds",
+                "How late the event loop runs a 10 ms timer (recent, decaying).",
+                lambda: self.loop_lag.lag,
+            ),
         ]
         for name, doc, read in gauges:
             m.gauge(name, doc, read)

@@ -40,14 +40,18 @@ def grpc_status(exc: errors.MetastoreError) -> tuple[grpc.StatusCode, str]:
 class GrpcCall(Call):
     """A Call carried by gRPC."""
 
-    __slots__ = ("_context",)
+    __slots__ = ("_context", "_peer")
 
     def __init__(self, context: grpc.aio.ServicerContext) -> None:
         self.auth = None
         self._context = context
+        self._peer: str | None = None
 
     def peer(self) -> str:
-        return str(self._context.peer())
+        peer = self._peer
+        if peer is None:  # asked by the connection and the per-client limits: ask grpc once
+            peer = self._peer = str(self._context.peer())
+        return peer
 
     def metadata(self, key: str) -> str | None:
         for k, v in self._context.invocation_metadata() or ():

@@ -7,12 +7,19 @@ method that takes (request, Call); rpc.py binds the wrapped method to gRPC.
 from __future__ import annotations
 
 from metastore_core.server.layers.auth import auth_layer
+from metastore_core.server.layers.clients import ClientLimits
 from metastore_core.server.layers.limits import Limiter
 from metastore_core.server.layers.metrics import RequestMetrics
 from metastore_core.server.layers.recovery import Recovery
 from metastore_core.server.methods import Layer
 
 
-def reliability_layers(recovery: Recovery, limiter: Limiter, metrics: RequestMetrics | None) -> list[Layer]:
-    """recovery -> limits -> auth -> handler (the list is innermost first)."""
-    return [auth_layer, limiter.layer(), recovery.layer(metrics)]
+def reliability_layers(
+    recovery: Recovery, limiter: Limiter, metrics: RequestMetrics | None, clients: ClientLimits | None = None
+) -> list[Layer]:
+    """recovery -> limits -> auth -> per-client limits -> handler (the list is innermost first).
+
+    The per-client limits sit inside auth so that, once auth sets Call.auth, a client is its
+    user; until then it is its host."""
+    inner = [clients.layer()] if clients is not None else []
+    return [*inner, auth_layer, limiter.layer(), recovery.layer(metrics)]

@@ -8,8 +8,9 @@ message naming the limit; nothing queues behind it. Methods whose policy says
 so (health, admin) are not counted. Memory at its cap refuses writes that add
 data: the monitor here measures, the member's write guard refuses.
 
-Connections and the handshake timeout are enforced by grpc-core (server
-options in listeners.py); this module only counts them, from /proc.
+Connections: grpc-core caps them (--max-connections plus a reserve, listeners.py)
+and times handshakes out; a connection first seen past --max-connections has its
+calls refused here (server/connections.py), so health and admin keep the reserve.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from contextlib import aclosing
 from typing import Any
 
 from metastore_core import errors
+from metastore_core.server.connections import Connections
 from metastore_core.server.methods import Behaviour, Call, Layer, MethodInfo
 
 log = logging.getLogger("metastore.limits")
@@ -33,8 +35,11 @@ log = logging.getLogger("metastore.limits")
 class Limiter:
     """Live request and stream counts, and the gates that refuse calls."""
 
-    def __init__(self, max_requests: int, request_timeout_s: float) -> None:
+    def __init__(
+        self, max_requests: int, request_timeout_s: float, connections: Connections | None = None
+    ) -> None:
         self.max_requests = max_requests
+        self.connections = connections  # admission past --max-connections, when given
         self.request_timeout_s = request_timeout_s
         self.requests = 0
         self.streams = 0
@@ -96,6 +101,7 @@ class Limiter:
             inflight = self._inflight
             current_task = asyncio.current_task
             monotonic = time.monotonic
+            conns = self.connections
             if not info.server_streaming and not info.client_streaming:
 
                 async def unary(request: Any, call: Call) -> Any:
@@ -104,6 +110,8 @@ class Limiter:
                         raise errors.TooManyRequests(self.max_requests)
                     if self.draining:
                         raise self.refuse_draining()
+                    if conns is not None:
+                        conns.admit(call.peer())
                     self.requests += 1
                     if self.requests > self.peak_requests:
                         self.peak_requests = self.requests
@@ -129,6 +137,8 @@ class Limiter:
                 async def client_stream(request: Any, call: Call) -> Any:
                     if self.draining:
                         raise self.refuse_draining()
+                    if conns is not None:
+                        conns.admit(call.peer())
                     self.streams += 1
                     try:
                         return await fn(request, call)
@@ -140,6 +150,8 @@ class Limiter:
             async def streaming(request: Any, call: Call) -> Any:
                 if self.draining:
                     raise self.refuse_draining()
+                if conns is not None:
+                    conns.admit(call.peer())
                 self.streams += 1
                 try:
                     async with aclosing(fn(request, call)) as items:
