@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -144,9 +145,11 @@ def spawn(
     mode: str, endpoint: str, *args: object, env: dict[str, str] | None = None
 ) -> subprocess.Popen[str]:
     """This module in a process of its own. The load clients run at a lower CPU priority than
-    the daemon and the probe: on two cores shared with them, the probe then measures how the
-    daemon's event loop serves it, not how often the kernel lets a load client take the CPU."""
-    nice = [] if mode == "probe" else ["nice", "-n", "10"]
+    the daemon, and the probe (as root) at a higher one: on two cores shared with them and
+    with whatever else runs, the probe then measures how the daemon's event loop serves it,
+    not how often the kernel lets another process take the CPU from the probe."""
+    probe_nice = ["nice", "-n", "-5"] if os.geteuid() == 0 else []
+    nice = probe_nice if mode == "probe" else ["nice", "-n", "10"]
     return subprocess.Popen(
         [*nice, sys.executable, "-m", "tests.loopprobe", mode, endpoint, *map(str, args)],
         stdin=subprocess.PIPE,

@@ -17,13 +17,17 @@ from collections.abc import Callable
 from typing import Any
 
 from metastore_core import errors
+from metastore_core.engine import reads
 from metastore_core.engine.alarms import Alarms
 from metastore_core.engine.entry import Entry
 from metastore_core.engine.lease import Lessor
 from metastore_core.engine.ranges import range_at
-from metastore_core.engine.reads import EMPTY_KV, compare_kv
+from metastore_core.engine.reads import Steps, compare_steps, live_chunks, range_steps, run
+from metastore_core.mvcc.index import KeyHistory
 from metastore_core.mvcc.store import MVCCStore, WriteTxn
 from metastore_core.pb.etcdserverpb import rpc_pb2 as pb
+
+NO_LIMIT = 1 << 62  # a write txn's reads are not cut half-way (it is applied whole or not at all)
 
 
 class Applier:
@@ -44,6 +48,20 @@ class Applier:
             pb.LeaseCheckpointRequest: self.lease_checkpoint,
             pb.AlarmRequest: self.alarm,
         }
+        self._steps: dict[type, Callable[[Any], Steps[Any]]] = {
+            pb.DeleteRangeRequest: self.delete_range_steps,
+            pb.TxnRequest: self.txn_steps,
+            pb.LeaseRevokeRequest: self.lease_revoke_steps,
+        }
+
+    def apply_steps(self, entry: Entry) -> Steps[Any]:
+        """apply(), yielding between chunks of a long command's work (member/single.py drives it
+        holding every other change to the store back, so the steps are one atomic apply)."""
+        steps = self._steps.get(type(entry.command))
+        if steps is None:
+            return self.apply(entry)
+        self.store.consistent_index = entry.index
+        return (yield from steps(entry.command))
 
     def apply(self, entry: Entry) -> Any:
         """Apply one entry; returns its command's response (header revision set).
@@ -97,43 +115,42 @@ class Applier:
 
     # ------------------------------------------------------------------ delete
     def delete_range(self, r: pb.DeleteRangeRequest) -> pb.DeleteRangeResponse:
-        txn = self.store.begin()
-        resp = self._delete(txn, r)
-        return resp
+        return run(self.delete_range_steps(r))
 
-    def _delete(self, txn: WriteTxn, r: pb.DeleteRangeRequest) -> pb.DeleteRangeResponse:
+    def delete_range_steps(self, r: pb.DeleteRangeRequest) -> Steps[pb.DeleteRangeResponse]:
+        txn = self.store.begin()
+        return (yield from self._delete(txn, r))
+
+    def _delete(self, txn: WriteTxn, r: pb.DeleteRangeRequest) -> Steps[pb.DeleteRangeResponse]:
         s = self.store
         resp = pb.DeleteRangeResponse()
-        doomed = [(k, h) for k, h in s.index.histories(r.key, r.range_end) if h.alive]
-        for k, h in doomed:
+        doomed: list[tuple[bytes, int, KeyHistory]] = []
+        for live in live_chunks(s, r.key, r.range_end, s.applied_rev):  # alive now: newest entry
+            doomed.extend(live)
+            yield
+        for i, (k, _, h) in enumerate(doomed, 1):
             if r.prev_kv:
                 resp.prev_kvs.append(s.kv(h.entries[-1], h))
             if h.lease:
                 self.lessor.detach(h.lease, k)
             txn.delete(k, h)
+            if i % reads.STEP == 0:
+                yield
         resp.deleted = len(doomed)
         resp.header.revision = txn.rev if txn.changed else s.applied_rev
         return resp
 
     # ------------------------------------------------------------------ txn
-    def _compare(self, c: pb.Compare) -> bool:
-        s = self.store
-        rev = s.applied_rev
-        found = False
-        for _, e, h in s.live(c.key, c.range_end, rev):
-            found = True
-            if not compare_kv(c, s.kv(e, h)):
-                return False
-        if not found:
-            return c.target != pb.Compare.VALUE and compare_kv(c, EMPTY_KV)
-        return True
-
-    def _path(self, r: pb.TxnRequest, path: list[bool]) -> None:
-        ok = all(self._compare(c) for c in r.compare)
+    def _path(self, r: pb.TxnRequest, path: list[bool]) -> Steps[None]:
+        ok = True
+        for c in r.compare:
+            if not (yield from compare_steps(self.store, c, self.store.applied_rev)):
+                ok = False
+                break
         path.append(ok)
         for op in r.success if ok else r.failure:
             if op.WhichOneof("request") == "request_txn":
-                self._path(op.request_txn, path)
+                yield from self._path(op.request_txn, path)
 
     def _check_ops(self, r: pb.TxnRequest, path: list[bool], i: int) -> int:
         ops = r.success if path[i] else r.failure
@@ -154,39 +171,73 @@ class Applier:
         return i
 
     def txn(self, r: pb.TxnRequest) -> pb.TxnResponse:
+        return run(self.txn_steps(r))
+
+    def txn_steps(self, r: pb.TxnRequest) -> Steps[pb.TxnResponse]:
         path: list[bool] = []
-        self._path(r, path)
+        yield from self._path(r, path)
         self._check_ops(r, path, 0)
         txn = self.store.begin()
         resp = pb.TxnResponse()
-        self._run_txn(txn, r, path, 0, resp)
+        yield from self._run_txn(txn, r, path, 0, resp)
         resp.header.revision = txn.rev if txn.changed else self.store.applied_rev
         return resp
 
     def _run_txn(
         self, txn: WriteTxn, r: pb.TxnRequest, path: list[bool], i: int, resp: pb.TxnResponse
-    ) -> int:
+    ) -> Steps[int]:
         ok = path[i]
         i += 1
         resp.succeeded = ok
+        s = self.store
         for op in r.success if ok else r.failure:
             out = resp.responses.add()
             kind = op.WhichOneof("request")
             if kind == "request_range":
                 rr = op.request_range
-                cur = txn.rev if txn.changed else self.store.applied_rev
-                res = range_at(self.store, rr, rr.revision if rr.revision > 0 else cur)
+                cur = txn.rev if txn.changed else s.applied_rev
+                at = rr.revision if rr.revision > 0 else cur
+                res = out.response_range
+                if s.index.span(rr.key, rr.range_end) <= reads.STEP:
+                    res.CopyFrom(range_at(s, rr, at))
+                else:  # a long one in steps; a write txn's reply is checked once it is durable
+                    body = yield from range_steps(s, rr, at, NO_LIMIT)
+                    for part in body.parts:
+                        res.MergeFromString(part)
+                        yield
                 res.header.revision = cur
-                out.response_range.CopyFrom(res)
             elif kind == "request_put":
                 out.response_put.CopyFrom(self._put(txn, op.request_put))
             elif kind == "request_delete_range":
-                out.response_delete_range.CopyFrom(self._delete(txn, op.request_delete_range))
+                out.response_delete_range.CopyFrom((yield from self._delete(txn, op.request_delete_range)))
             else:
                 inner = out.response_txn
                 inner.header.SetInParent()
-                i = self._run_txn(txn, op.request_txn, path, i, inner)
+                i = yield from self._run_txn(txn, op.request_txn, path, i, inner)
         return i
+
+    def work(self, command: Any) -> int:
+        """About how many keys applying command walks, in O(log n): a long one goes in steps."""
+        t = type(command)
+        index = self.store.index
+        if t is pb.DeleteRangeRequest:
+            return index.span(command.key, command.range_end)
+        if t is pb.TxnRequest:
+            n = sum(index.span(c.key, c.range_end) for c in command.compare)
+            for op in (*command.success, *command.failure):
+                kind = op.WhichOneof("request")
+                if kind == "request_range" or kind == "request_delete_range":
+                    inner = getattr(op, kind)
+                    n += index.span(inner.key, inner.range_end)
+                elif kind == "request_txn":
+                    n += self.work(op.request_txn)
+                else:
+                    n += 1
+            return n
+        if t is pb.LeaseRevokeRequest:
+            lease = self.lessor.get(command.ID)
+            return len(lease.keys) if lease is not None else 0
+        return 1
 
     # ------------------------------------------------------------------ compact
     def compact(self, r: pb.CompactionRequest) -> pb.CompactionResponse:
@@ -205,12 +256,17 @@ class Applier:
         return resp
 
     def lease_revoke(self, r: pb.LeaseRevokeRequest) -> pb.LeaseRevokeResponse:
+        return run(self.lease_revoke_steps(r))
+
+    def lease_revoke_steps(self, r: pb.LeaseRevokeRequest) -> Steps[pb.LeaseRevokeResponse]:
         lease = self.lessor.remove(r.ID)
         txn = self.store.begin()
-        for key in sorted(lease.keys):
+        for i, key in enumerate(sorted(lease.keys), 1):
             h = self.store.index.get(key)
             if h is not None and h.alive and h.lease == r.ID:
                 txn.delete(key, h)
+            if i % reads.STEP == 0:
+                yield
         resp = pb.LeaseRevokeResponse()
         resp.header.revision = txn.rev if txn.changed else self.store.applied_rev
         return resp

@@ -15,7 +15,7 @@ import os
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from metastore_core import errors
 from metastore_core.config import Config
@@ -38,6 +38,7 @@ from metastore_core.member.integrity import Integrity
 from metastore_core.member.leases import Leases
 from metastore_core.member.maintenance import Maintenance, in_use
 from metastore_core.member.single import SingleNode
+from metastore_core.member.steps import drive
 from metastore_core.mvcc.store import MVCCStore
 from metastore_core.pb.etcdserverpb import rpc_pb2 as pb
 from metastore_core.storage import Storage
@@ -48,8 +49,6 @@ log = logging.getLogger(__name__)
 ETCD_API_VERSION = "3.5.0"  # the etcd API level we speak; clients switch features on it
 PEER_URL = "http://localhost:2380"  # no peers yet: what MemberList shows until cluster mode
 _ALARM = pb.AlarmRequest
-SLICE_S = 0.002  # a long read holds the event loop at most about this long at a time
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -58,20 +57,6 @@ class Loop:
 
     name: str
     run: Callable[[], Coroutine[Any, Any, None]]
-
-
-async def _steps(steps: reads.Steps[T]) -> T:
-    """Drive a read in steps, giving the event loop a turn once a slice of SLICE_S has passed."""
-    clock = time.perf_counter
-    end = clock() + SLICE_S
-    while True:
-        try:
-            next(steps)
-        except StopIteration as stop:
-            return stop.value
-        if clock() >= end:
-            await asyncio.sleep(0)
-            end = clock() + SLICE_S
 
 
 def _spawn(name: str, fn: Callable[[], Awaitable[None]]) -> asyncio.Future[None]:
@@ -230,7 +215,7 @@ class Node:
         rev = store.check_rev(r.revision)
         current = store.committed_rev
         with store.pinned(rev):
-            body = await _steps(reads.range_steps(store, r, rev, self._config.max_response_bytes))
+            body = await drive(reads.range_steps(store, r, rev, self._config.max_response_bytes))
         return self._reply(wire.RANGE_HEADER, body, current)
 
     async def txn(self, r: pb.TxnRequest, auth: AuthInfo | None = None) -> pb.TxnResponse | Encoded:
@@ -243,7 +228,7 @@ class Node:
         store = self._store
         rev = store.committed_rev
         with store.pinned(rev):
-            body = await _steps(reads.txn_steps(store, r, rev, self._config.max_response_bytes))
+            body = await drive(reads.txn_steps(store, r, rev, self._config.max_response_bytes))
         return self._reply(wire.TXN_HEADER, body, rev)
 
     def _reply(self, header_field: int, body: wire.Body, revision: int) -> Encoded:
@@ -264,8 +249,14 @@ class Node:
         except errors.StorageFailed:
             await guard.settled()  # the alarm the failure raises is applied before the caller hears
             raise
-        if type(command) is pb.CompactionRequest and command.physical:
+        kind = type(command)
+        if kind is pb.CompactionRequest and command.physical:
             await self._compactor.wait()
+        elif (kind is pb.TxnRequest or (kind is pb.DeleteRangeRequest and command.prev_kv)) and (
+            resp.ByteSize() > self._config.max_response_bytes
+        ):
+            # applied and durable, but too big to send: as etcd, whose gRPC refuses the reply
+            raise errors.ResponseTooLarge(self._config.max_response_bytes)
         self.header(resp.header)
         return resp
 

@@ -250,6 +250,11 @@ class MVCCStore:
         self._staged.batch.append((skey, self.codec.encode(payload)))
         self._staged.events.append(event)
 
+    @property
+    def staged_writes(self) -> int:
+        """Storage writes staged for the next batch."""
+        return len(self._staged.batch)
+
     def drain(self) -> Drained | None:
         """Take everything staged since the last drain, or None."""
         if self.durable_seq == self.staged_seq and not self._staged.batch:
