@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import json
 import sys
@@ -47,8 +48,9 @@ class Window:
 class Conn:
     """A few channels to one endpoint, with byte-level callables for every method we use."""
 
-    def __init__(self, endpoint: str, channels: int) -> None:
+    def __init__(self, endpoint: str, channels: int, token: str = "") -> None:
         opts = [("grpc.max_receive_message_length", 64 << 20)]
+        self.metadata = (("token", token),) if token else None
         # Distinct channel args stop grpc from sharing one subchannel (one TCP connection).
         self.channels = [
             grpc.aio.insecure_channel(endpoint, options=[*opts, ("bench.channel", i)])
@@ -56,10 +58,12 @@ class Conn:
         ]
 
     def unary(self, i: int, method: str) -> Any:
-        return self.channels[i % len(self.channels)].unary_unary(method)
+        call = self.channels[i % len(self.channels)].unary_unary(method)
+        return functools.partial(call, metadata=self.metadata) if self.metadata else call
 
     def stream(self, i: int, method: str) -> Any:
-        return self.channels[i % len(self.channels)].stream_stream(method)
+        call = self.channels[i % len(self.channels)].stream_stream(method)
+        return functools.partial(call, metadata=self.metadata) if self.metadata else call
 
     async def close(self) -> None:
         for ch in self.channels:
@@ -152,7 +156,7 @@ async def run(cmd: dict[str, Any]) -> dict[str, Any]:
     name: str = cmd["workload"]
     c: int = cmd["concurrency"]
     seq: int = cmd["seq"]  # unique per (target, run): new keys never collide across runs
-    conn = Conn(cmd["endpoint"], min(cmd.get("channels", 4), c))
+    conn = Conn(cmd["endpoint"], min(cmd.get("channels", 4), c), cmd.get("token", ""))
     w = Window()
     extra: dict[str, Any] = {}
     cleanup: list[Callable[[], Any]] = []

@@ -135,6 +135,7 @@ def main() -> int:
                 "channels": 4,
                 "seq": 1,
                 "pool": int(20000 * a.seconds),
+                "token": t.token,
             },
             timeout=a.seconds + 300,
         )

@@ -68,6 +68,10 @@ TARGETS = {
     "floor-aio-hop": ("floor", ["--shape", "aio", "--uvloop", "--hop"]),
     "metastore-memory": ("metastore", ["--backend", "memory"]),
     "metastore-no-fsync": ("metastore", ["--unsafe-no-fsync"]),
+    # Auth on, loaded by a non-root user whose role covers every key (servers.enable_auth).
+    "metastore-auth": ("metastore", ["--bench-auth"]),
+    # gRPC and the JSON gateway on one port: gRPC connections relayed by the front listener.
+    "metastore-one-port": ("metastore", ["--gateway-on-client-urls"]),
 }
 DEFAULT_TARGETS = ["etcd", "metastore", "floor", "floor-aio"]
 RELIABILITY_WORKLOADS = [("put", 1), ("put", 64), ("get", 64)]
@@ -148,6 +152,7 @@ def run_matrix(
                     "channels": s.channels,
                     "seq": seq,
                     "pool": delete_pool(c, s),
+                    "token": t.token,
                 }
                 out = client.ask(cmd, timeout=s.warmup + s.duration + 180)
                 if "skipped" in out:

@@ -11,6 +11,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
+
+from metastore_core.pb.authpb import auth_pb2 as apb
+from metastore_core.pb.etcdserverpb import rpc_pb2 as pb
+from metastore_core.pb.etcdserverpb import rpc_pb2_grpc
 from tests.support import first_range, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,6 +46,25 @@ def export_rev(rev: str, into: Path) -> str:
     return short
 
 
+BENCH_AUTH = "--bench-auth"  # harness-only: turn auth on after start, load as a non-root user
+
+
+def enable_auth(endpoint: str) -> str:
+    """Root, and a user `bench` whose one role may read and write every key; auth on. Returns
+    bench's token: every request is then checked against a grant (root would skip the check)."""
+    every = apb.Permission(permType=apb.Permission.READWRITE, key=b"\0", range_end=b"\0")
+    with grpc.insecure_channel(endpoint) as ch:
+        auth = rpc_pb2_grpc.AuthStub(ch)
+        for name in ("root", "bench"):
+            auth.UserAdd(pb.AuthUserAddRequest(name=name, password="bench-pw"))
+        auth.UserGrantRole(pb.AuthUserGrantRoleRequest(user="root", role="root"))
+        auth.RoleAdd(pb.AuthRoleAddRequest(name="all"))
+        auth.RoleGrantPermission(pb.AuthRoleGrantPermissionRequest(name="all", perm=every))
+        auth.UserGrantRole(pb.AuthUserGrantRoleRequest(user="bench", role="all"))
+        auth.AuthEnable(pb.AuthEnableRequest())
+        return str(auth.Authenticate(pb.AuthenticateRequest(name="bench", password="bench-pw")).token)
+
+
 @dataclass
 class Target:
     """One server under test; start() may be called again after stop() (restart timing)."""
@@ -53,6 +77,11 @@ class Target:
     proc: subprocess.Popen[bytes] | None = None
     data_dir: Path | None = None
     src: Path = ROOT  # the source tree a Python server runs from
+    token: str = ""  # with --bench-auth: the load client's auth token
+
+    @property
+    def _auth(self) -> bool:
+        return BENCH_AUTH in self.extra
 
     @property
     def endpoint(self) -> str:
@@ -106,7 +135,7 @@ class Target:
                 f"http://127.0.0.1:{free_port()}",
                 "--log-level",
                 "warning",
-                *(x for x in self.extra if x not in launch),
+                *(x for x in self.extra if x not in launch and x != BENCH_AUTH),
             ]
         return [sys.executable, "-m", "benchmarks.floor_server", "--port", str(self.port), *self.extra]
 
@@ -129,6 +158,8 @@ class Target:
             self.stop(signal.SIGKILL)
             tail = log.read_text(errors="replace")[-3000:]
             raise RuntimeError(f"{self.name} did not start; log:\n{tail}") from None
+        if self._auth and not self.token:
+            self.token = enable_auth(self.endpoint)
         return t1 - t0
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:

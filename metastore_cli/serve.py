@@ -12,20 +12,30 @@ import asyncio
 import inspect
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import typer
 from typer.core import TyperCommand
 
-from metastore_core.config import CONFIG_FILE_ENV, GROUPS, SETTINGS, Config, ConfigError, load_config
+from metastore_cli import logs
+from metastore_cli.ops import EXIT_ERROR, EXIT_USAGE
+from metastore_core.config import (
+    CONFIG_FILE_ENV,
+    GROUPS,
+    SETTINGS,
+    Config,
+    ConfigError,
+    effective,
+    load_config_traced,
+)
 from metastore_core.server.app import Server
-from metastore_core.server.logline import LineFormatter
 from metastore_core.setting import Setting
 from metastore_core.storage.base import StorageError
-from metastore_core.storage.datadir import DataDirInUse
+from metastore_core.storage.datadir import DataDirError
 
-EXIT_USAGE = 2  # click's code for a bad command line; a bad option value is one too
+log = logging.getLogger("metastore")
 OTHER = "Other"  # the help group of the options that are not settings
 CONFIG_FILE_HELP = "YAML file of options, keyed by option name (data-dir: /var/lib/metastore)."
 SOURCES_HELP = (
@@ -81,24 +91,31 @@ class ServeCommand(TyperCommand):
 def serve(config_file: Path | None = None, **options: Any) -> None:
     """Run the daemon in the foreground until SIGTERM or SIGINT."""
     try:
-        config = load_config(config_file, options)
+        config, sources = load_config_traced(config_file, options)
     except ConfigError as exc:
         typer.echo(f"Error: {exc}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
-    handler = logging.StreamHandler(sys.stderr)
-    # one record per line: client text (a Shutdown reason, a key) cannot forge a record
-    handler.setFormatter(LineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=config.log_level.upper(), handlers=[handler])
+    logs.configure(config.log_level, config.log_format, sys.stderr)
+
+    def announce() -> None:
+        # once serving: a start that fails says only its one "Error:" line
+        log.info("effective configuration", extra={"config": effective(config, sources)})
+        if not config.fsync:
+            log.warning(
+                "--unsafe-no-fsync: writes are acknowledged before they are on disk; "
+                "a power loss or kernel crash can lose them (for benchmarks only)"
+            )
+
     try:
         if config.event_loop == "uvloop":
             import uvloop
 
-            code = uvloop.run(_run(config))
+            code = uvloop.run(_run(config, announce))
         else:
-            code = asyncio.run(_run(config))
-    except (DataDirInUse, StorageError, OSError, ValueError) as exc:
+            code = asyncio.run(_run(config, announce))
+    except (DataDirError, StorageError, OSError, ValueError) as exc:
         typer.echo(f"Error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        raise typer.Exit(EXIT_ERROR) from None
     if code:
         raise typer.Exit(code)
 
@@ -118,8 +135,9 @@ serve.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
 )
 
 
-async def _run(config: Config) -> int:
+async def _run(config: Config, announce: Callable[[], None]) -> int:
     """Serve until a signal, `metastore stop` or the Shutdown RPC; the exit code of the shutdown."""
     server = Server(config)
     await server.start()
+    announce()
     return await server.serve_until_stopped()

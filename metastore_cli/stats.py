@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import time
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -11,14 +12,18 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
+from metastore_cli.connect import Credentials, dial, with_credentials
 from metastore_cli.ops import (
-    EXIT_BAD_CONNECTION,
     EXIT_SERVER_ERROR,
+    EXIT_UNREACHABLE,
+    check_positive,
     check_write_out,
-    dial,
+    command_timeout_option,
+    dial_timeout_option,
     dump_json,
     endpoints_option,
     fail,
+    interrupt_event,
     parse_endpoints,
     to_json_obj,
     write_out_option,
@@ -57,6 +62,7 @@ def rows(s: admin_pb2.GetStatsResponse) -> list[tuple[str, str, str]]:
         ("daemon", "uptime", human_duration(s.uptime_seconds)),
         ("daemon", "health", health),
         ("daemon", "alarms", alarms),
+        *[("daemon", "WARNING", w) for w in s.warnings],
         ("limits", "connections", f"{s.connections_current} / {s.connections_max}"),
         (
             "limits",
@@ -126,60 +132,82 @@ def rich_table(endpoint: str, s: admin_pb2.GetStatsResponse) -> Table:
     last = None
     for section, figure, value in rows(s):
         style = None
-        if (figure == "health" and not s.serving) or (figure == "alarms" and s.alarms):
+        if (figure == "health" and not s.serving) or (figure == "alarms" and s.alarms) or figure == "WARNING":
             style = "bold red"
         table.add_row(section if section != last else "", figure, value, style=style)
         last = section
     return table
 
 
-def fetch(endpoint: str, dial_timeout: float, command_timeout: float) -> admin_pb2.GetStatsResponse:
-    ch = dial(endpoint, dial_timeout)
+def fetch(
+    endpoint: str, creds: Credentials, dial_timeout: float, command_timeout: float
+) -> admin_pb2.GetStatsResponse:
+    conn = dial(endpoint, creds, dial_timeout)
     try:
-        return admin_pb2_grpc.AdminStub(ch).GetStats(admin_pb2.GetStatsRequest(), timeout=command_timeout)
+        stub = admin_pb2_grpc.AdminStub(conn.channel)
+        return stub.GetStats(admin_pb2.GetStatsRequest(), timeout=command_timeout, metadata=conn.metadata)
     finally:
-        ch.close()
+        conn.close()
 
 
+def _refresh(stop: threading.Event, interval: float, show: Callable[[], None]) -> None:
+    while not stop.is_set():
+        show()
+        stop.wait(interval)
+
+
+@with_credentials()
 def stats(
     endpoints: str = endpoints_option(),
     write_out: str = write_out_option(),
-    watch: bool = typer.Option(False, "--watch", help="Refresh the table until Ctrl-C."),
+    watch: bool = typer.Option(
+        False, "--watch", help="Refresh until Ctrl-C (with -w json: one JSON line per refresh)."
+    ),
     interval: float = typer.Option(
         2.0, "-i", "--interval", help="Seconds between refreshes with --watch [2]."
     ),
-    dial_timeout: float = typer.Option(2.0, "--dial-timeout", help="Seconds to connect [2]."),
-    command_timeout: float = typer.Option(5.0, "--command-timeout", help="Seconds for the RPC [5]."),
+    dial_timeout: float = dial_timeout_option(),
+    command_timeout: float = command_timeout_option(),
+    creds: Credentials = Credentials(),
 ) -> None:
     """Show limits, panic and validation error counts, storage, watch and lease figures."""
     check_write_out(write_out)
     eps = parse_endpoints(endpoints)
+    check_positive(interval=interval, dial_timeout=dial_timeout, command_timeout=command_timeout)
 
     def get_all() -> list[tuple[str, admin_pb2.GetStatsResponse]]:
         out = []
         for ep in eps:
             try:
-                out.append((ep, fetch(ep, dial_timeout, command_timeout)))
+                out.append((ep, fetch(ep, creds, dial_timeout, command_timeout)))
             except grpc.FutureTimeoutError:
-                raise fail(f"cannot connect to {ep} within {dial_timeout:g}s", EXIT_BAD_CONNECTION) from None
+                raise fail(f"cannot connect to {ep} within {dial_timeout:g}s", EXIT_UNREACHABLE) from None
             except grpc.RpcError as exc:
                 raise fail(f"{ep}: {exc.code().name}: {exc.details()}", EXIT_SERVER_ERROR) from None
         return out
 
+    def as_json() -> str:
+        # every figure, zeros included: scripts read them by name
+        objs: list[dict[str, Any]] = [{"endpoint": ep, **to_json_obj(s, zeros=True)} for ep, s in get_all()]
+        return dump_json(objs if len(objs) > 1 else objs[0])
+
+    if watch and write_out == "json":
+        with interrupt_event() as stop:
+            _refresh(stop, interval, lambda: typer.echo(as_json()))
+        return
     if watch:
-        console = Console()
-        with Live(console=console, auto_refresh=False) as live:
-            try:
-                while True:
-                    live.update(Group(*(rich_table(ep, s) for ep, s in get_all())), refresh=True)
-                    time.sleep(interval)
-            except KeyboardInterrupt:
-                return
-    results = get_all()
+        with interrupt_event() as stop, Live(console=Console(), auto_refresh=False) as live:
+            _refresh(
+                stop,
+                interval,
+                lambda: live.update(Group(*(rich_table(ep, s) for ep, s in get_all())), refresh=True),
+            )
+        return
     if write_out == "json":
-        objs: list[dict[str, Any]] = [{"endpoint": ep, **to_json_obj(s)} for ep, s in results]
-        typer.echo(dump_json(objs if len(objs) > 1 else objs[0]))
-    elif write_out == "table":
+        typer.echo(as_json())
+        return
+    results = get_all()
+    if write_out == "table":
         console = Console()
         for ep, s in results:
             console.print(rich_table(ep, s))

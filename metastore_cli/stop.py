@@ -10,11 +10,13 @@ import time
 import grpc
 import typer
 
+from metastore_cli.connect import Credentials, dial, with_credentials
 from metastore_cli.ops import (
-    EXIT_BAD_CONNECTION,
     EXIT_ERROR,
     EXIT_SERVER_ERROR,
-    dial,
+    EXIT_UNREACHABLE,
+    check_positive,
+    dial_timeout_option,
     endpoints_option,
     parse_endpoints,
 )
@@ -51,32 +53,41 @@ def _wait_gone(endpoint: str, pid: int, deadline: float) -> bool:
     return False
 
 
+@with_credentials()
 def stop(
     endpoints: str = endpoints_option(),
     timeout: float = typer.Option(60.0, "--timeout", help="Seconds to wait for the daemon to be gone [60]."),
-    dial_timeout: float = typer.Option(2.0, "--dial-timeout", help="Seconds to connect [2]."),
+    dial_timeout: float = dial_timeout_option(),
     reason: str = typer.Option("", "--reason", help="Logged by the daemon with the shutdown."),
+    creds: Credentials = Credentials(),
 ) -> None:
-    """Ask the daemon for a graceful shutdown and wait until it has exited."""
+    """Ask the daemon for a graceful shutdown and wait until it has exited (root once auth is on)."""
     eps = parse_endpoints(endpoints)
+    check_positive(timeout=timeout, dial_timeout=dial_timeout)
     why = reason or f"metastore stop by {getpass.getuser()}@{socket.gethostname()}"
     worst = 0
     for ep in eps:
         t0 = time.monotonic()
         try:
-            ch = dial(ep, dial_timeout)
+            conn = dial(ep, creds, dial_timeout)
         except grpc.FutureTimeoutError:
             typer.echo(f"Error: cannot connect to {ep} within {dial_timeout:g}s", err=True)
-            worst = max(worst, EXIT_BAD_CONNECTION)
+            worst = max(worst, EXIT_UNREACHABLE)
+            continue
+        except grpc.RpcError as exc:
+            typer.echo(f"Error: {ep}: {exc.details()}", err=True)
+            worst = max(worst, EXIT_SERVER_ERROR)
             continue
         try:
-            resp = admin_pb2_grpc.AdminStub(ch).Shutdown(admin_pb2.ShutdownRequest(reason=why), timeout=10)
+            resp = admin_pb2_grpc.AdminStub(conn.channel).Shutdown(
+                admin_pb2.ShutdownRequest(reason=why), timeout=10, metadata=conn.metadata
+            )
         except grpc.RpcError as exc:
             typer.echo(f"Error: {ep} refused the shutdown: {exc.code().name}: {exc.details()}", err=True)
             worst = max(worst, EXIT_SERVER_ERROR)
             continue
         finally:
-            ch.close()
+            conn.close()
         if not resp.accepted:
             typer.echo(f"{ep} (pid {resp.pid}) is already shutting down; waiting")
         if _wait_gone(ep, resp.pid, t0 + timeout):

@@ -29,7 +29,9 @@ from metastore_core.setting import (
     declare,
     more_than,
     one_of,
+    show,
 )
+from metastore_core.tokenspec import parse_options
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 CONFIG_FILE_ENV = ENV_PREFIX + "CONFIG_FILE"
@@ -43,23 +45,29 @@ REQUESTS = "Request limits"
 RELIABILITY = "Reliability"
 WATCH_LEASE = "Watch and lease"
 COMPACTION = "Compaction"
+SECURITY = "Auth and TLS"
 PROCESS = "Process"
-GROUPS = (STORAGE, NETWORK, REQUESTS, RELIABILITY, WATCH_LEASE, COMPACTION, PROCESS)
+TRACING = "Tracing"
+GROUPS = (STORAGE, NETWORK, SECURITY, REQUESTS, RELIABILITY, WATCH_LEASE, COMPACTION, PROCESS, TRACING)
+SAMPLES_PER_MILLION = 1_000_000
+
+
+def is_https(url: str) -> bool:
+    """Does a listen URL ask for TLS?"""
+    return url.strip().lower().startswith("https://")
 
 
 def split_url(url: str) -> tuple[str, int]:
-    """'http://HOST:PORT' or 'HOST:PORT' -> (HOST, PORT); https and other schemes are refused."""
+    """'http://HOST:PORT', 'https://HOST:PORT' or 'HOST:PORT' -> (HOST, PORT); other schemes are refused."""
     parsed = urlparse(url if "://" in url else "http://" + url)
-    if parsed.scheme == "https":
-        raise ValueError("TLS is not supported yet (it comes with the auth/TLS work); use http://")
-    if parsed.scheme != "http":
-        raise ValueError(f"{parsed.scheme}:// is not supported; use http://")
+    if parsed.scheme not in ("http", "https"):
+        raise ValueError(f"{parsed.scheme}:// is not supported; use http:// or https://")
     try:
         port = parsed.port
     except ValueError:  # not a number, or out of range
         port = None
     if not parsed.hostname or port is None or parsed.path not in ("", "/") or parsed.query:
-        raise ValueError("want http://HOST:PORT")
+        raise ValueError("want http://HOST:PORT or https://HOST:PORT")
     return parsed.hostname, port
 
 
@@ -71,7 +79,15 @@ def _url_problem(url: str) -> str | None:
     return None
 
 
-HTTP_URL = Rule("each http://HOST:PORT", _url_problem)
+HTTP_URL = Rule("each http(s)://HOST:PORT", _url_problem)
+
+
+def _token_problem(spec: str) -> str | None:
+    try:
+        parse_options(spec)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def host_port(url: str) -> str:
@@ -94,7 +110,10 @@ class Config:
             STORAGE,
             "Data directory, created with mode 0700.",
             metavar="DIR",
-            more="One daemon per directory: a second one exits at once naming the holder's PID.",
+            more="One daemon per directory: a second one exits at once naming the holder's PID. "
+            "An existing directory must be empty or a metastore data dir (it holds "
+            "metastore.datadir); it is used as it is, never chmod'ed, and its store (db/) is "
+            "created 0700. A data dir whose store is missing is refused and left untouched.",
         ),
     )
     name: str = declare("default", Setting("name", STORAGE, "Member name, shown by etcdctl member list."))
@@ -114,7 +133,29 @@ class Config:
             NETWORK,
             "Comma-separated addresses for gRPC clients.",
             check=HTTP_URL,
-            more="https:// is refused until TLS support comes with the auth work.",
+            more="https:// URLs serve TLS with --cert-file/--key-file or --auto-tls.",
+        ),
+    )
+    listen_client_http_urls: list[str] = declare(
+        [],
+        Setting(
+            "listen-client-http-urls",
+            NETWORK,
+            "Comma-separated addresses for HTTP clients: etcd's JSON gateway, /version, /health.",
+            check=HTTP_URL,
+            more="etcd 3.5's flag. The gateway serves /v3/... (and /v3beta/...) as etcd's does, "
+            "through the same limits, auth and recovery as gRPC; https:// URLs serve the client "
+            "certificate set.",
+        ),
+    )
+    gateway_on_client_urls: bool = declare(
+        False,
+        Setting(
+            "gateway-on-client-urls",
+            NETWORK,
+            "Also serve the JSON gateway on the http:// client URLs (one port, as etcd's cmux).",
+            more="A front listener reads each connection's first bytes and relays gRPC ones to the "
+            "gRPC server over a private socket; it costs gRPC calls CPU (README, 'JSON gateway').",
         ),
     )
     advertise_client_urls: list[str] = declare(
@@ -140,7 +181,77 @@ class Config:
     )
     listen_metrics_urls: list[str] = declare(
         ["http://127.0.0.1:2381"],
-        Setting("listen-metrics-urls", NETWORK, "HTTP addresses for /metrics and /health.", check=HTTP_URL),
+        Setting(
+            "listen-metrics-urls",
+            NETWORK,
+            "HTTP addresses for /metrics and /health.",
+            check=HTTP_URL,
+            more="https:// URLs serve the client certificate set (as etcd's metrics URLs do).",
+        ),
+    )
+    auth_token: str = declare(
+        "simple",
+        Setting(
+            "auth-token",
+            SECURITY,
+            "Token type: simple, or jwt,pub-key=PATH,priv-key=PATH,sign-method=RS256,ttl=5m (as etcd).",
+            check=Rule("simple or jwt,pub-key=PATH[,priv-key=PATH,sign-method=M,ttl=D]", _token_problem),
+            metavar="SPEC",
+            more="Simple tokens live in this member only and expire after --auth-token-ttl without "
+            "use; JWT tokens are signed (RS*, PS*, ES*, EdDSA) and expire at their exp claim. Tokens "
+            "are never logged nor stored.",
+        ),
+    )
+    cert_file: str = declare(
+        "",
+        Setting(
+            "cert-file",
+            SECURITY,
+            "Server certificate (PEM) for https:// client and metrics URLs.",
+            metavar="PATH",
+            more="Re-read, with --key-file and --trusted-ca-file, on SIGHUP and when the files change; "
+            "TLS 1.2 is the minimum and only forward-secret AEAD ciphers are offered.",
+        ),
+    )
+    key_file: str = declare("", Setting("key-file", SECURITY, "Key of --cert-file (PEM).", metavar="PATH"))
+    trusted_ca_file: str = declare(
+        "",
+        Setting(
+            "trusted-ca-file", SECURITY, "CA bundle that client certificates must chain to.", metavar="PATH"
+        ),
+    )
+    client_cert_auth: bool = declare(
+        False,
+        Setting(
+            "client-cert-auth",
+            SECURITY,
+            "Require a client certificate signed by --trusted-ca-file (mutual TLS).",
+            more="With auth on, a request without a token is made as the user named by the "
+            "certificate's CN, as etcd does.",
+        ),
+    )
+    auto_tls: bool = declare(
+        False,
+        Setting(
+            "auto-tls",
+            SECURITY,
+            "Serve https:// URLs with a self-signed certificate made at first start.",
+            more="Kept in DATA-DIR/fixtures/client (a temporary directory with --backend memory). "
+            "Encrypts but proves nothing: clients must skip verification.",
+        ),
+    )
+    auth_token_ttl_s: int = declare(
+        300,
+        Setting("auth-token-ttl", SECURITY, "Seconds a simple token lives without use.", check=at_least(1)),
+    )
+    bcrypt_cost: int = declare(
+        10,
+        Setting(
+            "bcrypt-cost",
+            SECURITY,
+            "bcrypt cost of stored password hashes (4-31; each step doubles the work).",
+            check=Rule("between 4 and 31", lambda v: None if 4 <= v <= 31 else "must be between 4 and 31"),
+        ),
     )
     max_txn_ops: int = declare(
         128,
@@ -238,6 +349,39 @@ class Config:
             STORAGE,
             "Do not fsync writes: for benchmarks, a power loss can lose acknowledged writes.",
             inverted=True,
+        ),
+    )
+    grpc_reflection: bool = declare(
+        True,
+        Setting(
+            "grpc-reflection",
+            NETWORK,
+            "Serve gRPC server reflection on the client port, so grpcurl can list and call the services.",
+            more="It describes the services (etcd's, health, admin); it answers no data and takes no "
+            "credentials, as with kine. --no-grpc-reflection turns it off.",
+        ),
+    )
+    unsafe_accept_lost_writes: bool = declare(
+        False,
+        Setting(
+            "unsafe-accept-lost-writes",
+            STORAGE,
+            "Start even when the store came back older than its last acknowledged write.",
+            more="A repair switch for one start, not for a config file: without it the daemon refuses "
+            "a store behind its watermark (<data-dir>/metastore.watermark; a truncated or deleted "
+            "write-ahead log) or a missing or damaged watermark. With it, the store starts at the "
+            "revision it has, the loss is logged, and a new watermark is written.",
+        ),
+    )
+    snapshot_format: str = declare(
+        "etcd",
+        Setting(
+            "snapshot-format",
+            STORAGE,
+            "Format of the Maintenance/Snapshot stream: etcd (a bbolt database) or metastore.",
+            check=one_of("etcd", "metastore"),
+            more="etcd's is what etcd itself sends: etcdctl snapshot status and restore, and an etcd "
+            "started on the result, take it. metastore snapshot status, verify and restore take both.",
         ),
     )
     # gRPC transport
@@ -462,6 +606,68 @@ class Config:
     log_level: str = declare(
         "info", Setting("log-level", PROCESS, "Log level.", check=one_of("debug", "info", "warning", "error"))
     )
+    log_format: str = declare(
+        "console",
+        Setting(
+            "log-format",
+            PROCESS,
+            "Log lines as text (console) or one JSON object each (json, with etcd's keys).",
+            check=one_of("console", "json"),
+            more="JSON lines carry level, ts, caller, logger and msg, then the event's own fields, as "
+            "etcd's zap logs do. The libraries' records (grpc, asyncio) take the same path.",
+        ),
+    )
+
+    # OpenTelemetry, spelled as etcd 3.5's flags (embed/config_tracing.go); server/tracing.py
+    experimental_enable_distributed_tracing: bool = declare(
+        False,
+        Setting(
+            "experimental-enable-distributed-tracing",
+            TRACING,
+            "Send OpenTelemetry spans (every RPC, every batch commit) to an OTLP collector.",
+            more="Needs the tracing extra (pip install 'metastore[tracing]'). Off, it costs nothing: "
+            "no layer is added and nothing is imported. Incoming W3C traceparent metadata is honoured.",
+        ),
+    )
+    experimental_distributed_tracing_address: str = declare(
+        "localhost:4317",
+        Setting(
+            "experimental-distributed-tracing-address",
+            TRACING,
+            "OTLP gRPC collector address (plaintext).",
+            metavar="HOST:PORT",
+        ),
+    )
+    experimental_distributed_tracing_service_name: str = declare(
+        "metastore",
+        Setting(
+            "experimental-distributed-tracing-service-name",
+            TRACING,
+            "service.name of the spans; use one name for all members (etcd's default is etcd).",
+        ),
+    )
+    experimental_distributed_tracing_instance_id: str = declare(
+        "",
+        Setting(
+            "experimental-distributed-tracing-instance-id",
+            TRACING,
+            "service.instance.id of the spans, unique per member; none by default.",
+        ),
+    )
+    experimental_distributed_tracing_sampling_rate: int = declare(
+        0,
+        Setting(
+            "experimental-distributed-tracing-sampling-rate",
+            TRACING,
+            "Spans sampled per million root spans; requests whose caller sampled them are always traced.",
+            check=Rule(
+                "from 0 to 1000000",
+                lambda v: None if 0 <= v <= SAMPLES_PER_MILLION else "must be from 0 to 1000000",
+            ),
+            metavar="PER_MILLION",
+            more="As etcd: 0 samples no root span of our own (only those a traced caller asks for).",
+        ),
+    )
 
     @property
     def limits(self) -> Limits:
@@ -504,6 +710,14 @@ def load_config(
 
     Raises ConfigError, one line naming the option, the value and where it came from.
     """
+    return load_config_traced(yaml_path, overrides, env)[0]
+
+
+def load_config_traced(
+    yaml_path: Path | None, overrides: Mapping[str, Any], env: Mapping[str, str] | None = None
+) -> tuple[Config, dict[str, str]]:
+    """load_config, and where each option's value came from, by flag: 'flag', 'env
+    METASTORE_MAX_MEMORY', 'file /etc/metastore.yaml', 'preset safe' or 'default'."""
     given = _from_yaml(yaml_path) if yaml_path is not None else {}
     given.update(_from_env(os.environ if env is None else env))
     for key, raw in overrides.items():
@@ -512,7 +726,34 @@ def load_config(
     preset = _value(BY_FLAG["preset"], given, "default")
     values = {s.flag: preset if s.flag == "preset" else _value(s, given, preset) for s in SETTINGS}
     _check_together(values, given)
-    return Config(**{s.attr: s.attr_value(values[s.flag]) for s in SETTINGS})
+    config = Config(**{s.attr: s.attr_value(values[s.flag]) for s in SETTINGS})
+    return config, {s.flag: _source(s, given, preset, yaml_path) for s in SETTINGS}
+
+
+def _source(s: Setting, given: Given, preset: str, yaml_path: Path | None) -> str:
+    if s.flag in given:
+        origin = given[s.flag][1]
+        if not origin:
+            return "flag"
+        return f"env {origin}" if origin == s.env else f"file {yaml_path}"
+    return f"preset {preset}" if preset in s.presets else "default"
+
+
+MASK = "******"
+
+
+def effective(
+    config: Config, sources: Mapping[str, str], settings: tuple[Setting, ...] = SETTINGS
+) -> dict[str, str]:
+    """What start-up logs: 'value (source)' per option, by flag; a secret shows only whether it is set."""
+    out = {}
+    for s in settings:
+        if s.hidden and sources.get(s.flag, "default") == "default":
+            continue
+        value = s.attr_value(getattr(config, s.attr))
+        shown = (MASK if value else "(unset)") if s.secret else show(value)
+        out[s.option] = f"{shown} ({sources.get(s.flag, 'default')})"
+    return out
 
 
 Given = dict[str, tuple[Any, str]]  # flag -> (raw value, where it came from; "" = a flag)
@@ -530,8 +771,21 @@ def _value(s: Setting, given: Given, preset: str) -> Any:
         raise _located(exc, origin) from None
 
 
+def _check_tls(values: Mapping[str, Any]) -> None:
+    """https:// needs a certificate; the TLS files go together."""
+    if bool(values["cert-file"]) != bool(values["key-file"]):
+        raise ConfigError("--cert-file and --key-file go together")
+    if values["client-cert-auth"] and not values["trusted-ca-file"]:
+        raise ConfigError("--client-cert-auth needs --trusted-ca-file to verify client certificates")
+    keys = ("listen-client-urls", "listen-client-http-urls", "listen-metrics-urls")
+    https = [u for key in keys for u in values[key] if is_https(u)]
+    if https and not (values["cert-file"] or values["auto-tls"]):
+        raise ConfigError(f"{https[0]} needs --cert-file and --key-file, or --auto-tls")
+
+
 def _check_together(values: Mapping[str, Any], given: Given) -> None:
-    """Checks that read two options: the retention must suit the compaction mode."""
+    """Checks that read two options: the retention must suit the compaction mode; TLS."""
+    _check_tls(values)
     s = BY_FLAG["auto-compaction-retention"]
     retention = values[s.flag]
     try:

@@ -97,11 +97,12 @@ class Corrupt(MetastoreError):
 class StorageFailed(MetastoreError):
     """A batch write failed: nothing of it was acknowledged, and writes stay refused."""
 
-    def __init__(self, cause: object) -> None:
-        super().__init__(
-            f"etcdserver: storage failed ({cause}); writes are refused until there is space "
-            "again and the alarm is disarmed (etcdctl alarm disarm)"
-        )
+    def __init__(
+        self,
+        cause: object,
+        remedy: str = "there is space again and the alarm is disarmed (etcdctl alarm disarm)",
+    ) -> None:
+        super().__init__(f"etcdserver: storage failed ({cause}); writes are refused until {remedy}")
 
 
 class MemoryLimit(MetastoreError):
@@ -204,6 +205,92 @@ class TooManyToList(MetastoreError):
 
     def __init__(self, limit: int) -> None:
         super().__init__(f"more than {limit} services to list")
+
+
+# --- auth (etcd's rpctypes strings; codes in server/status.py) ---
+class UserEmpty(MetastoreError):
+    """Auth is on and the request carries no user (no token, no client certificate)."""
+
+    message = "etcdserver: user name is empty"
+
+
+class AuthFailed(MetastoreError):
+    message = "etcdserver: authentication failed, invalid user ID or password"
+
+
+class PermissionDenied(MetastoreError):
+    message = "etcdserver: permission denied"
+
+
+class InvalidAuthToken(MetastoreError):
+    message = "etcdserver: invalid auth token"
+
+
+class AuthOldRevision(MetastoreError):
+    """The token's auth revision is older than the auth state the request met at apply time."""
+
+    message = "etcdserver: revision of auth store is old"
+
+
+class AuthNotEnabled(MetastoreError):
+    message = "etcdserver: authentication is not enabled"
+
+
+class RootUserNotExist(MetastoreError):
+    message = "etcdserver: root user does not exist"
+
+
+class RootRoleNotExist(MetastoreError):
+    message = "etcdserver: root user does not have root role"
+
+
+class UserAlreadyExist(MetastoreError):
+    message = "etcdserver: user name already exists"
+
+
+class UserNotFound(MetastoreError):
+    message = "etcdserver: user name not found"
+
+
+class RoleAlreadyExist(MetastoreError):
+    message = "etcdserver: role name already exists"
+
+
+class RoleNotFound(MetastoreError):
+    message = "etcdserver: role name not found"
+
+
+class RoleEmpty(MetastoreError):
+    message = "etcdserver: role name is empty"
+
+
+class RoleNotGranted(MetastoreError):
+    message = "etcdserver: role is not granted to the user"
+
+
+class PermissionNotGranted(MetastoreError):
+    message = "etcdserver: permission is not granted to the role"
+
+
+class InvalidAuthMgmt(MetastoreError):
+    """Deleting root, revoking root's root role or deleting role root while auth is on."""
+
+    message = "etcdserver: invalid auth management"
+
+
+class AuthRateLimited(MetastoreError):
+    """Too many Authenticate calls from one address: each costs a bcrypt check."""
+
+    message = "etcdserver: too many authentication attempts from this address; retry later"
+
+
+class AdminLocalOnly(MetastoreError):
+    """The Admin service while auth is off: loopback callers only."""
+
+    message = (
+        "metastore: the admin service answers only loopback callers while auth is off; "
+        "run the command on the daemon's host, or enable auth and call it as root"
+    )
 
 
 # --- lock and election: etcd answers these with the raw error (code Unknown) ---

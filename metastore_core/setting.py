@@ -156,6 +156,7 @@ class Setting:
     more: str = ""  # man page only: what the one-line help leaves out
     inverted: bool = False
     hidden: bool = False  # not in --help or the man page, and no env var
+    secret: bool = False  # a password or key: logged as ****** (see config.effective)
     metavar: str = ""
     attr: str = ""
     kind: Any = None

@@ -20,6 +20,7 @@ OUT = HERE.parent / "metastore_core" / "pb"
 PROTOS = [
     "mvccpb/kv.proto",
     "authpb/auth.proto",
+    "leasepb/lease.proto",
     "etcdserverpb/rpc.proto",
     "v3lockpb/v3lock.proto",
     "v3electionpb/v3election.proto",
@@ -28,7 +29,7 @@ PROTOS = [
 HAS_SERVICES = {"etcdserverpb", "v3lockpb", "v3electionpb", "metastore/admin/v1"}
 # protoc writes imports relative to protos/; our code lives under metastore_core.pb.
 IMPORT = re.compile(
-    r"^(from|import) (etcdserverpb|mvccpb|authpb|v3lockpb|v3electionpb|metastore\.admin\.v1)\b", re.M
+    r"^(from|import) (etcdserverpb|mvccpb|authpb|leasepb|v3lockpb|v3electionpb|metastore\.admin\.v1)\b", re.M
 )
 
 

@@ -89,12 +89,12 @@ def start_metastore(data_dir: Path, *extra: str, port: int | None = None, ready:
     return p
 
 
-def start_etcd(data_dir: Path) -> Proc:
-    """Start a real etcd (Debian etcd-server) on free loopback ports."""
+def start_etcd(data_dir: Path, peer: int | None = None) -> Proc:
+    """Start a real etcd (Debian etcd-server) on free loopback ports (peer: the one a restore named)."""
     etcd = shutil.which("etcd")
     if etcd is None:
         pytest.fail("etcd is not installed: .ci/run installs Debian etcd-server")
-    port, peer = free_port(), free_port()
+    port, peer = free_port(), peer or free_port()
     endpoint = f"127.0.0.1:{port}"
     log = data_dir.parent / f"etcd-{port}.log"
     args = [

@@ -19,6 +19,7 @@ from typing import Any
 from metastore_core import errors
 from metastore_core.engine import reads
 from metastore_core.engine.alarms import Alarms
+from metastore_core.engine.auth import AuthStore
 from metastore_core.engine.entry import Entry
 from metastore_core.engine.lease import Lessor
 from metastore_core.engine.ranges import range_at
@@ -30,14 +31,37 @@ from metastore_core.pb.etcdserverpb import rpc_pb2 as pb
 NO_LIMIT = 1 << 62  # a write txn's reads are not cut half-way (it is applied whole or not at all)
 
 
-class Applier:
-    """Applies write commands to the store, the lessor and the alarms."""
+class OpCounts:
+    """etcd's etcd_mvcc_{range,put,delete,txn}_total: every range, put and delete applied, in
+    a Txn or alone; a txn counts when it ran more than one of them (mvcc/metrics_txn.go)."""
 
-    def __init__(self, store: MVCCStore, lessor: Lessor, alarms: Alarms, clock: Callable[[], float]) -> None:
+    __slots__ = ("deletes", "puts", "ranges", "txns")
+
+    def __init__(self) -> None:
+        self.ranges = self.puts = self.deletes = self.txns = 0
+
+    @property
+    def total(self) -> int:
+        return self.ranges + self.puts + self.deletes
+
+
+class Applier:
+    """Applies write commands to the store, the lessor, the alarms and the auth store."""
+
+    def __init__(
+        self,
+        store: MVCCStore,
+        lessor: Lessor,
+        alarms: Alarms,
+        clock: Callable[[], float],
+        auth: AuthStore | None = None,
+    ) -> None:
         self.store = store
         self.lessor = lessor
         self.alarms = alarms
         self.clock = clock
+        self.ops = OpCounts()
+        self.auth = auth if auth is not None else AuthStore(store, lessor.keys_of)
         self._dispatch: dict[type, Callable[[Any], Any]] = {
             pb.PutRequest: self.put,
             pb.DeleteRangeRequest: self.delete_range,
@@ -47,6 +71,7 @@ class Applier:
             pb.LeaseRevokeRequest: self.lease_revoke,
             pb.LeaseCheckpointRequest: self.lease_checkpoint,
             pb.AlarmRequest: self.alarm,
+            **self.auth.handlers(),
         }
         self._steps: dict[type, Callable[[Any], Steps[Any]]] = {
             pb.DeleteRangeRequest: self.delete_range_steps,
@@ -61,16 +86,19 @@ class Applier:
         if steps is None:
             return self.apply(entry)
         self.store.consistent_index = entry.index
+        self.auth.check_entry(entry.auth, entry.command)
         return (yield from steps(entry.command))
 
     def apply(self, entry: Entry) -> Any:
         """Apply one entry; returns its command's response (header revision set).
 
         The entry's index becomes the consistent index even when a check refuses the
-        command, so every member that applies the same log counts the same.
+        command, so every member that applies the same log counts the same. Permissions are
+        checked here, against the auth state this entry meets (engine/auth.py).
         """
         handler = self._dispatch[type(entry.command)]
         self.store.consistent_index = entry.index
+        self.auth.check_entry(entry.auth, entry.command)
         return handler(entry.command)
 
     # ------------------------------------------------------------------ put
@@ -86,6 +114,7 @@ class Applier:
         self._check_put(r)
         txn = self.store.begin()
         resp = self._put(txn, r)
+        self.ops.puts += 1
         return resp
 
     def _put(self, txn: WriteTxn, r: pb.PutRequest) -> pb.PutResponse:
@@ -119,7 +148,9 @@ class Applier:
 
     def delete_range_steps(self, r: pb.DeleteRangeRequest) -> Steps[pb.DeleteRangeResponse]:
         txn = self.store.begin()
-        return (yield from self._delete(txn, r))
+        resp = yield from self._delete(txn, r)
+        self.ops.deletes += 1
+        return resp
 
     def _delete(self, txn: WriteTxn, r: pb.DeleteRangeRequest) -> Steps[pb.DeleteRangeResponse]:
         s = self.store
@@ -179,7 +210,10 @@ class Applier:
         self._check_ops(r, path, 0)
         txn = self.store.begin()
         resp = pb.TxnResponse()
+        before = self.ops.total
         yield from self._run_txn(txn, r, path, 0, resp)
+        if self.ops.total - before > 1:
+            self.ops.txns += 1
         resp.header.revision = txn.rev if txn.changed else self.store.applied_rev
         return resp
 
@@ -206,10 +240,13 @@ class Applier:
                         res.MergeFromString(part)
                         yield
                 res.header.revision = cur
+                self.ops.ranges += 1
             elif kind == "request_put":
                 out.response_put.CopyFrom(self._put(txn, op.request_put))
+                self.ops.puts += 1
             elif kind == "request_delete_range":
                 out.response_delete_range.CopyFrom((yield from self._delete(txn, op.request_delete_range)))
+                self.ops.deletes += 1
             else:
                 inner = out.response_txn
                 inner.header.SetInParent()

@@ -67,6 +67,18 @@ def accesses(command: Any) -> Iterator[Access]:
                 yield from accesses(getattr(op, kind))
 
 
+def leases(command: Any) -> Iterator[int]:
+    """The lease of every put in command that attaches one, nested txns included."""
+    if isinstance(command, pb.PutRequest):
+        if command.lease:
+            yield command.lease
+    elif isinstance(command, pb.TxnRequest):
+        for op in (*command.success, *command.failure):
+            kind = op.WhichOneof("request")
+            if kind is not None:
+                yield from leases(getattr(op, kind))
+
+
 def writes(command: Any) -> bool:
     """Can command change keys? (A txn that only compares and reads cannot.)"""
     return any(a.kind == WRITE for a in accesses(command))

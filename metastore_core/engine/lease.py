@@ -41,7 +41,7 @@ from metastore_core import errors
 from metastore_core.mvcc.store import MVCCStore
 from metastore_core.storage import layout as L
 
-MAX_TTL = 9_000_000_000
+MAX_TTL = L.MAX_LEASE_TTL
 DEFAULT_MIN_TTL = 2  # etcd: ceil(1.5 x election timeout) with default timing
 RESTART_EXTEND = 1.0  # etcd extends leases by one election timeout (1 s) on promotion
 DEFAULT_REVOKE_RATE = 1000  # etcd's lease revoke rate: at most this many due per second
@@ -130,6 +130,11 @@ class Lessor:
     # ---------------------------------------------------------------- lookups
     def get(self, lease_id: int) -> Lease | None:
         return self.leases.get(lease_id)
+
+    def keys_of(self, lease_id: int) -> list[bytes]:
+        """The keys attached to a lease, sorted (none for an unknown lease)."""
+        lease = self.leases.get(lease_id)
+        return sorted(lease.keys) if lease is not None else []
 
     def require(self, lease_id: int) -> Lease:
         lease = self.leases.get(lease_id)

@@ -248,8 +248,11 @@ def _sort(items: list[KeyValue], key: Callable[[KeyValue], Any], reverse: bool) 
 
 
 # ---------------------------------------------------------------------- read-only txn
-def txn_steps(store: MVCCStore, r: pb.TxnRequest, rev: int, max_bytes: int) -> Steps[wire.Body]:
-    """The fields of a read-only txn's TxnResponse at rev, header left out (apply.py's rules)."""
+def txn_steps(
+    store: MVCCStore, r: pb.TxnRequest, rev: int, max_bytes: int, ranges: list[int] | None = None
+) -> Steps[wire.Body]:
+    """The fields of a read-only txn's TxnResponse at rev, header left out (apply.py's rules);
+    ranges[0] counts the ranges it ran (etcd's etcd_mvcc_range_total)."""
     ok = True
     for c in r.compare:
         if not (yield from compare_steps(store, c, rev)):
@@ -274,9 +277,11 @@ def txn_steps(store: MVCCStore, r: pb.TxnRequest, rev: int, max_bytes: int) -> S
             inner.parts.extend(got.parts)
             inner.size += got.size
             number = wire.OP_RANGE
+            if ranges is not None:
+                ranges[0] += 1
         elif kind == "request_txn":
             inner.add_field(wire.TXN_HEADER, b"")  # inner txn headers are present and empty, as apply's
-            got = yield from txn_steps(store, op.request_txn, rev, max_bytes - body.size)
+            got = yield from txn_steps(store, op.request_txn, rev, max_bytes - body.size, ranges)
             inner.parts.extend(got.parts)
             inner.size += got.size
             number = wire.OP_TXN

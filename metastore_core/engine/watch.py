@@ -204,8 +204,9 @@ class WatchHub:
         return sum(len(s.watchers) for s in self.sessions)
 
     @property
-    def slow_count(self) -> int:
-        """Watchers not in sync with the store (out of the fan-out until they catch up)."""
+    def unsynced_count(self) -> int:
+        """Watchers not in sync with the store (from a past revision, or fallen behind: out of
+        the fan-out until they catch up)."""
         return sum(1 for s in self.sessions for w in s.watchers.values() if not w.synced and not w.closing)
 
     def _add(self, w: Watcher) -> None:

@@ -34,9 +34,12 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 from metastore_core import errors
+from metastore_core.member.durations import DISK, Durations
 from metastore_core.mvcc.store import Drained, MVCCStore
 from metastore_core.pb.mvccpb.kv_pb2 import Event
-from metastore_core.storage.base import StorageError
+from metastore_core.storage.base import StorageError, out_of_space
+from metastore_core.storage.layout import CorruptRecord
+from metastore_core.storage.watermark import Watermark
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +50,26 @@ IDLE_S = 0.0005  # no commit for this long: the next write goes inline
 SLOW_WRITE_S = 0.05  # a batch write slower than this...
 SLOW_BACKOFF_S = 60.0  # ...keeps writes off the event loop for this long
 INLINE_MAX = 256  # a bigger batch (a delete of many keys) is always written on the writer thread
+RETRY_S = 2.0  # a store that failed a write (not corrupt) is tried again this often (guard.py)
+
+
+def storage_failed(exc: BaseException) -> errors.StorageFailed:
+    """The refusal of writes after exc failed a batch: what it takes to write again depends on it."""
+    if out_of_space(exc):
+        return errors.StorageFailed(exc)
+    if isinstance(exc, CorruptRecord):
+        return errors.StorageFailed(exc, "the data is repaired and the CORRUPT alarm disarmed")
+    return errors.StorageFailed(exc, f"the storage takes writes again (tried every {RETRY_S:g} s)")
 
 
 class Committer:
     """Makes staged writes durable, in order, sharing fsyncs between requests."""
 
-    def __init__(self, store: MVCCStore, *, sync: bool = True) -> None:
+    def __init__(self, store: MVCCStore, *, sync: bool = True, watermark: Watermark | None = None) -> None:
         self.store = store
         self.sync = sync
+        # Written after each synced batch, before its waiters hear: storage/watermark.py.
+        self.watermark = watermark
         self.listeners: list[Listener] = []
         self.on_failure: list[Callable[[Exception], None]] = []
         self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], asyncio.Future[Any]] | None] = (
@@ -73,13 +88,17 @@ class Committer:
         self.batches = 0
         self.entries = 0
         self.inline_batches = 0
+        # one synced LevelDB WriteBatch is both etcd's WAL fsync and its backend commit
+        self.write_seconds = Durations(DISK)
+        # after each batch write, on the thread that wrote: (start, end, entries); tracing spans
+        self.observers: list[Callable[[float, float, int], None]] = []
 
     async def flush(self) -> None:
         """Return once everything staged so far is durable; raise if it cannot be."""
         if self.failed is not None:
             # Memory may hold writes the disk does not: nothing more is written (or shown to
             # readers) until recovery reloads the store from disk.
-            raise errors.StorageFailed(self.failed)
+            raise storage_failed(self.failed)
         store = self.store
         if store.durable_seq >= store.staged_seq and not self._running:
             return
@@ -127,7 +146,7 @@ class Committer:
             self._write(d)
         except Exception as exc:
             self._fail(exc)
-            raise errors.StorageFailed(exc) from exc
+            raise storage_failed(exc) from exc
         self.inline_batches += 1
         self._durable(d)
 
@@ -168,8 +187,16 @@ class Committer:
         start = time.monotonic()
         try:
             self.store.storage.write(d.batch, sync=self.sync)
+            if self.watermark is not None and self.sync:
+                try:
+                    self.watermark.advance(d.index, d.rev, time.monotonic())
+                except OSError as exc:  # the batch is on disk, but unconfirmed: not acknowledged
+                    raise StorageError(f"cannot write the watermark: {exc}") from exc
         finally:
             now = time.monotonic()
+            self.write_seconds.observe(now - start)
+            for observe in self.observers:
+                observe(start, now, len(d.batch))
             if now - start > SLOW_WRITE_S:  # runs on either thread; one float store is atomic
                 if now >= self._inline_from:  # once per back-off, not once per slow batch
                     log.warning(
@@ -192,7 +219,7 @@ class Committer:
     def _fail(self, exc: Exception) -> None:
         log.error("write batch failed, nothing of it was acknowledged: %s", exc)
         self.failed = exc
-        err = errors.StorageFailed(exc)
+        err = storage_failed(exc)
         waiters, self._waiters = self._waiters, []
         for _, fut in waiters:
             if not fut.done():

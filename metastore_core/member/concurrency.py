@@ -51,8 +51,8 @@ class Contenders:
         self.notifier = KeyNotifier()
         node.subscribe(self.notifier.on_events)
 
-    async def oldest(self, prefix: bytes) -> KeyValue | None:
-        resp = await self.node.range(first_created(prefix))
+    async def oldest(self, prefix: bytes, auth: AuthInfo | None = None) -> KeyValue | None:
+        resp = await self.node.range(first_created(prefix), auth)
         return resp.kvs[0] if resp.kvs else None
 
     async def join(
@@ -72,7 +72,7 @@ class Contenders:
         kv = resp.responses[0].response_range.kvs[0]
         return kv.create_revision, kv
 
-    async def wait_turn(self, prefix: bytes, my_rev: int) -> None:
+    async def wait_turn(self, prefix: bytes, my_rev: int, auth: AuthInfo | None = None) -> None:
         """Return when no key under prefix was created before my_rev."""
         end = prefix_end(prefix)
         while True:
@@ -85,7 +85,7 @@ class Contenders:
                 limit=1,
                 max_create_revision=my_rev - 1,
             )
-            if not (await self.node.range(older)).kvs:
+            if not (await self.node.range(older, auth)).kvs:
                 self.notifier.forget(ev)
                 return
             try:

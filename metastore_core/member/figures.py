@@ -3,16 +3,31 @@
 from __future__ import annotations
 
 from metastore_core.engine.alarms import Alarms
+from metastore_core.engine.apply import OpCounts
 from metastore_core.engine.lease import Lessor
 from metastore_core.engine.watch import WatchHub
 from metastore_core.member.committer import Committer
 from metastore_core.member.compactor import AutoCompactor, Compactor
+from metastore_core.member.durations import Durations
 from metastore_core.member.guard import WriteGuard
 from metastore_core.member.integrity import Integrity
 from metastore_core.member.leases import Leases
 from metastore_core.member.maintenance import Maintenance, in_use
 from metastore_core.mvcc.store import MVCCStore
 from metastore_core.pb.etcdserverpb import rpc_pb2 as pb
+
+__all__ = ["Durations", "MemberFigures", "Proposals"]  # the server reads histograms through here
+
+
+class Proposals:
+    """etcd_server_proposals_pending and _failed_total: writes in flight, and writes that were
+    proposed but could not be committed (a refusal by the apply checks is not a failure)."""
+
+    __slots__ = ("failed", "pending")
+
+    def __init__(self) -> None:
+        self.pending = 0
+        self.failed = 0
 
 
 class MemberFigures:
@@ -31,6 +46,8 @@ class MemberFigures:
         auto: AutoCompactor,
         maintenance: Maintenance,
         integrity: Integrity,
+        ops: OpCounts,
+        proposals: Proposals,
     ) -> None:
         self._store = store
         self._lessor = lessor
@@ -43,6 +60,14 @@ class MemberFigures:
         self._auto = auto
         self._maintenance = maintenance
         self._integrity = integrity
+        self.ops = ops  # etcd_mvcc_{range,put,delete,txn}_total
+        self.proposals = proposals  # etcd_server_proposals_{pending,failed_total}
+        # etcd's latency histograms: a synced batch is both its WAL fsync and its backend commit
+        self.write_seconds: Durations = committer.write_seconds
+        self.defrag_seconds: Durations = maintenance.defrag_seconds
+        self.snapshot_seconds: Durations = maintenance.snapshot_seconds
+        self.hash_seconds: Durations = maintenance.hash_seconds
+        self.hash_kv_seconds: Durations = maintenance.hash_kv_seconds
 
     @property
     def member_id(self) -> int:
@@ -100,8 +125,8 @@ class MemberFigures:
 
     @property
     def slow_watchers(self) -> int:
-        """Watchers behind the store now (victims and watchers replaying a past revision)."""
-        return self._hub.slow_count
+        """Watchers behind the store right now (catching up or fallen behind): etcd's unsynced."""
+        return self._hub.unsynced_count
 
     @property
     def slow_watch_cancels_total(self) -> int:

@@ -10,8 +10,12 @@ Rules (etcd's where etcd has them):
   Deletes, compactions and reads pass: they are how an operator gets out.
 - A failed batch write (LevelDB errors stick to the handle) refuses every
   later write with StorageFailed and raises NOSPACE (disk full) or CORRUPT
-  (any other I/O error). When the operator disarms the last of them, the
-  store is reopened and reloaded from disk (`recover`).
+  (LevelDB found corrupt data); a read-only, refusing or failing disk raises
+  no alarm (it is neither). The alarm is also kept in the watermark, which
+  needs no free space, so a restart raises it again. Every RETRY_S, and
+  at once when the operator disarms the last alarm, a test write is tried and,
+  once it succeeds, the store is reopened and reloaded from disk (`try_recover`);
+  a corrupt store is reopened only on disarm.
 Alarms are raised and cleared only as AlarmRequest commands through apply.
 """
 
@@ -28,16 +32,18 @@ from typing import Any
 from metastore_core import errors
 from metastore_core.engine.alarms import Alarms
 from metastore_core.engine.commands import cost, mutates
-from metastore_core.member.committer import Committer
+from metastore_core.member.committer import RETRY_S, Committer, storage_failed
 from metastore_core.mvcc.store import MVCCStore
 from metastore_core.pb.etcdserverpb import rpc_pb2 as pb
+from metastore_core.storage.base import out_of_space
+from metastore_core.storage.layout import CorruptRecord
+from metastore_core.storage.watermark import Watermark
 
 log = logging.getLogger(__name__)
 
 DEFAULT_QUOTA = 2 << 30  # etcd's default; --quota-backend-bytes 0 means this
 MAX_QUOTA = 8 << 30  # etcd warns above this; we only log it
 SIZE_TTL = 0.25  # seconds a measured backend size is trusted (a LevelDB size is a dir listing)
-REOPEN_MARGIN = 1 << 20
 
 Propose = Callable[[Any], Awaitable[Any]]
 Spawn = Callable[[str, Callable[[], Awaitable[None]]], "asyncio.Future[None]"]
@@ -63,8 +69,11 @@ class WriteGuard:
         reload: Callable[[], None],
         spawn: Spawn,
         quota: int,
+        watermark: Watermark | None = None,
     ) -> None:
         self._store = store
+        self._watermark = watermark
+        self._recovering = asyncio.Lock()
         self._alarms = alarms
         self._committer = committer
         self._propose = propose
@@ -102,7 +111,7 @@ class WriteGuard:
             self._added += c
         failed = self._committer.failed
         if failed is not None:
-            raise errors.StorageFailed(failed)
+            raise storage_failed(failed)
 
     def backend_size(self) -> int:
         """The backend size, measured at most every SIZE_TTL seconds plus what was admitted since."""
@@ -155,79 +164,149 @@ class WriteGuard:
     def describe(self) -> list[str]:
         """Extra lines for Status.errors."""
         failed = self._committer.failed
-        return [] if failed is None else [errors.StorageFailed(failed).text]
+        return [] if failed is None else [storage_failed(failed).text]
 
     def _on_storage_failure(self, exc: Exception) -> None:
-        alarm = pb.NOSPACE if "space" in str(exc).lower() else pb.CORRUPT
-        log.error(
-            "storage write failed, %s alarm raised; writes refused until it is disarmed: %s",
-            pb.AlarmType.Name(alarm),
-            exc,
-        )
-        self._pending = self._spawn("storage-failure-alarm", lambda: self.raise_alarm(alarm))
+        alarm = failure_alarm(exc)
+        if alarm is None:  # read-only, permission, I/O error: not corruption, and no space problem
+            log.error("storage write failed; writes refused until it takes writes again: %s", exc)
+        else:
+            log.error(
+                "storage write failed, %s alarm raised; writes refused until it is disarmed: %s",
+                pb.AlarmType.Name(alarm),  # type: ignore[arg-type]
+                exc,
+            )
+            self._pending = self._spawn("storage-failure-alarm", lambda: self._raise_kept(alarm))
         for hook in self.on_failure:
             try:
                 hook(exc)
             except Exception:
                 log.exception("storage failure hook failed")
 
+    async def _raise_kept(self, alarm: int) -> None:
+        """Raise a failure's alarm (in memory: the failed store takes no writes) and keep it in
+        the watermark, which needs no free space, so that a restart raises it again."""
+        await self.raise_alarm(alarm)
+        watermark = self._watermark
+        if watermark is not None:
+            try:
+                await asyncio.to_thread(watermark.set_alarms, watermark.mark.alarms | {alarm})
+            except OSError as exc:
+                log.error("could not keep the alarm in %s: %s", watermark.path, exc)
+
+    async def settle_kept_alarms(self) -> None:
+        """After a load: write the alarms the watermark kept (now staged) into the store, then
+        drop them from the watermark. A store that still fails keeps them where they were."""
+        watermark = self._watermark
+        if watermark is None or not watermark.mark.alarms:
+            return
+        await self._committer.flush()
+        await asyncio.to_thread(watermark.set_alarms, frozenset())
+
     async def recover(self) -> None:
-        """Reopen the store and rebuild memory from disk; raises NoSpace/Corrupt if it still fails.
+        """The last alarm was disarmed: reopen the store now; raise while writes still fail."""
+        problem = await self.try_recover()
+        if problem is None:
+            return
+        alarm = failure_alarm(problem)
+        if alarm is not None:
+            await self.raise_alarm(alarm)  # the operator's disarm did not take
+        # not UNAVAILABLE for a full disk: clients retry that dozens of times; the operator acts
+        if alarm == pb.NOSPACE:
+            raise errors.NoSpace(f"etcdserver: storage recovery failed: {problem}")
+        if alarm == pb.CORRUPT:
+            raise errors.Corrupt(f"etcdserver: storage recovery failed: {problem}")
+        raise storage_failed(problem)
+
+    async def run_recovery(self) -> None:
+        """Every RETRY_S while a write failure (not corruption) keeps writes refused, try to
+        recover: writes resume as soon as the disk takes one again, without a restart. Alarms
+        stay until disarmed, as in etcd."""
+        said = ""
+        while True:
+            await asyncio.sleep(RETRY_S)
+            failed = self._committer.failed
+            if failed is None or isinstance(failed, CorruptRecord):
+                continue
+            problem = await self.try_recover()
+            if problem is not None and str(problem) != said:
+                log.warning("storage still refuses writes: %s", problem)
+            said = "" if problem is None else str(problem)
+
+    async def try_recover(self) -> Exception | None:
+        """Reopen the store and rebuild memory from disk if a test write succeeds; None when
+        writes work again, else why not.
 
         Runs after the committer is idle and does not yield while it reloads, so no request
         sees a half-loaded store. Only writes that reached the disk survive, and none that
         failed was acknowledged, so nothing acknowledged is lost.
         """
         committer, alarms = self._committer, self._alarms
-        while committer.busy:
-            await asyncio.sleep(0.01)
-        wanted = set(alarms.active)  # what the operator left active (disarms were not durable)
-        storage = self._store.storage
-        short = _space_shortfall(storage)
-        if short:
-            await self.raise_alarm(pb.NOSPACE)  # the operator's disarm did not take
-            # Reopening replays the write-ahead log into a table, which needs about its size
-            # again. Closing without room would leave no handle at all (reads would fail too).
-            raise errors.NoSpace(
-                f"etcdserver: storage recovery refused: No space left on device: reopening needs "
-                f"{short} more free bytes"
-            )
-        log.warning("recovering storage after a write failure: reopening %s", storage.name)
-        try:
-            reopen = getattr(storage, "reopen", None)
-            if reopen is not None:
-                reopen()
-            self._reload()
-        except Exception as exc:
-            log.error("storage recovery failed: %s", exc)
-            await self.raise_alarm(pb.NOSPACE if "space" in str(exc).lower() else pb.CORRUPT)
-            # not UNAVAILABLE: clients retry that dozens of times; the operator must act first
-            if "space" in str(exc).lower():
-                raise errors.NoSpace(f"etcdserver: storage recovery failed: {exc}") from None
-            raise errors.Corrupt(f"etcdserver: storage recovery failed: {exc}") from None
-        committer.clear_failure()
-        member_alarms = [(pb.AlarmRequest.DEACTIVATE, ma) for ma in set(alarms.active) - wanted]
-        member_alarms += [(pb.AlarmRequest.ACTIVATE, ma) for ma in wanted - set(alarms.active)]
-        try:
-            for action, (member, alarm) in sorted(member_alarms):
-                await self._propose(pb.AlarmRequest(action=action, memberID=member, alarm=alarm))  # type: ignore[arg-type]
-            await committer.flush()
-        except errors.StorageFailed as exc:
-            raise errors.NoSpace(f"etcdserver: storage still failing after reopen: {exc}") from None
-        self.recoveries += 1
-        log.warning("storage recovered at revision %d", self._store.committed_rev)
+        async with self._recovering:
+            while committer.busy:
+                await asyncio.sleep(0.01)
+            await self.settled()  # the failure's alarm is applied (and kept) first
+            if committer.failed is None:
+                return None
+            wanted = set(alarms.active)  # what the operator left active (disarms were not durable)
+            storage = self._store.storage
+            problem = await asyncio.to_thread(_write_probe, storage)
+            if problem is not None:
+                return problem
+            log.warning("recovering storage after a write failure: reopening %s", storage.name)
+            try:
+                reopen = getattr(storage, "reopen", None)
+                if reopen is not None:
+                    reopen()  # (LevelDB's write errors stick to a handle: only a new one writes)
+                self._reload()
+            except Exception as exc:
+                log.error("storage recovery failed: %s", exc)
+                return exc
+            committer.clear_failure()
+            member_alarms = [(pb.AlarmRequest.DEACTIVATE, ma) for ma in set(alarms.active) - wanted]
+            member_alarms += [(pb.AlarmRequest.ACTIVATE, ma) for ma in wanted - set(alarms.active)]
+            try:
+                for action, (member, alarm) in sorted(member_alarms):
+                    await self._propose(pb.AlarmRequest(action=action, memberID=member, alarm=alarm))  # type: ignore[arg-type]
+                await committer.flush()
+                if self._watermark is not None:  # the store holds the alarms now
+                    await asyncio.to_thread(self._watermark.set_alarms, frozenset())
+            except (errors.StorageFailed, OSError) as exc:
+                return exc
+            self.recoveries += 1
+            log.warning("storage recovered at revision %d", self._store.committed_rev)
+            return None
 
 
-def _space_shortfall(storage: Any) -> int:
-    """Bytes missing for a LevelDB reopen (its logs' size plus a margin); 0 when enough or unknown."""
+def failure_alarm(exc: BaseException) -> int | None:
+    """The alarm a failed write raises: NOSPACE for a full disk, CORRUPT for corrupt data, and
+    none for anything else (a read-only or failing disk is not corruption)."""
+    if isinstance(exc, CorruptRecord):
+        return pb.CORRUPT
+    return pb.NOSPACE if out_of_space(exc) else None
+
+
+PROBE_NAME = "metastore-write-probe.tmp"
+PROBE_BYTES = 64 << 10
+
+
+def _write_probe(storage: Any) -> OSError | None:
+    """Write, sync and remove a small file where the store lives: a reopen needs the disk to
+    take writes again, and closing a handle for a reopen that cannot work would leave none."""
     path = getattr(storage, "path", None)
     if path is None:
-        return 0
+        return None
+    probe = path / PROBE_NAME
     try:
-        logs = sum(e.stat().st_size for e in os.scandir(path) if e.name.endswith(".log") and e.is_file())
-        st = os.statvfs(path)
-    except OSError:
-        return 0
-    need = logs + REOPEN_MARGIN
-    free = st.f_bavail * st.f_frsize
-    return max(0, need - free)
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, bytes(PROBE_BYTES))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        return exc
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(probe)
+    return None

@@ -1,4 +1,5 @@
-"""The integrity scrub of a running member: at start-up and every --corrupt-check-interval.
+"""The integrity of a member's store: the watermark check at load, and the scrub (at start-up and
+every --corrupt-check-interval).
 
 A mismatch found by a scrub is reported to the write guard, which raises
 CORRUPT through apply and refuses writes from then on; bad bytes are never
@@ -16,6 +17,7 @@ from metastore_core.mvcc.store import MVCCStore
 from metastore_core.storage.base import StorageError
 from metastore_core.storage.layout import CorruptRecord
 from metastore_core.storage.scrub import ScrubReport, scrub
+from metastore_core.storage.watermark import Mark, Watermark, WatermarkError
 
 log = logging.getLogger(__name__)
 
@@ -54,3 +56,24 @@ class Integrity:
             report = await self.check()
             if not report.ok:
                 self._report(CorruptRecord("; ".join(report.problems)))
+
+
+def settle_watermark(store: MVCCStore, watermark: Watermark, *, accept_lost: bool) -> None:
+    """Refuse a store that came back behind its watermark (unless accept_lost), then bring the
+    watermark up to the store (a kill between a batch and its watermark leaves the store ahead)."""
+    mark = watermark.mark
+    have, rev = store.consistent_index, store.committed_rev
+    if have < mark.index:
+        text = (
+            f"the store came back older than its last acknowledged write: it holds index {have} "
+            f"(revision {rev}), {watermark.path.name} says index {mark.index} (revision "
+            f"{mark.revision}): {mark.index - have} acknowledged commands are missing (a truncated or "
+            "deleted write-ahead log?)"
+        )
+        if not accept_lost:
+            raise WatermarkError(
+                f"{text}; refusing to start (--unsafe-accept-lost-writes starts at revision {rev})"
+            )
+        log.error("%s; starting anyway at revision %d (--unsafe-accept-lost-writes)", text, rev)
+    if (have, rev) != (mark.index, mark.revision):
+        watermark.write(Mark(have, rev, mark.alarms))

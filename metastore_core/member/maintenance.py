@@ -16,11 +16,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from metastore_core import errors
+from metastore_core.member.consensus import MemberInfo
+from metastore_core.member.durations import DEFRAG, HASH, SNAPSHOT, Durations
 from metastore_core.mvcc import hashing
 from metastore_core.mvcc.store import MVCCStore
 from metastore_core.pb.etcdserverpb import rpc_pb2 as pb
-from metastore_core.storage import snapshot
+from metastore_core.storage import etcdsnap, snapshot
 from metastore_core.storage.base import StorageView
+from metastore_core.storage.etcdlayout import Member
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +34,22 @@ SNAPSHOT_CHUNK = 32 * 1024  # etcd sends 32 KiB blobs
 class Maintenance:
     """Hash, HashKV, Snapshot and Defragment over one store."""
 
-    def __init__(self, store: MVCCStore) -> None:
+    def __init__(
+        self,
+        store: MVCCStore,
+        *,
+        snapshot_format: str = "etcd",
+        member: Callable[[], MemberInfo] | None = None,
+    ) -> None:
         self._store = store
+        self._snapshot_format = snapshot_format
+        self._member = member
         self.defrags = 0
         self.snapshots = 0
+        self.defrag_seconds = Durations(DEFRAG)
+        self.snapshot_seconds = Durations(SNAPSHOT)
+        self.hash_seconds = Durations(HASH)
+        self.hash_kv_seconds = Durations(HASH)
 
     async def _on_view(self, fn: Callable[[StorageView], T]) -> T:
         view = self._store.storage.view()
@@ -47,7 +62,10 @@ class Maintenance:
         """(hash of the whole logical store, the revision it covers)."""
         s = self._store
         rev, compact, codec = s.committed_rev, s.compact_rev, s.codec
-        return await self._on_view(lambda v: hashing.hash_all(v, codec, rev, compact)), rev
+        started = time.monotonic()
+        h = await self._on_view(lambda v: hashing.hash_all(v, codec, rev, compact))
+        self.hash_seconds.observe(time.monotonic() - started)
+        return h, rev
 
     async def hash_kv(self, revision: int) -> tuple[int, int]:
         """(hash of the keyspace up to revision, the compacted revision it assumed)."""
@@ -56,7 +74,10 @@ class Maintenance:
             raise errors.InvalidRequest("etcdserver: revision must not be negative")
         rev = s.check_rev(revision)
         compact, codec = s.compact_rev, s.codec
-        return await self._on_view(lambda v: hashing.hash_kv(v, codec, rev, compact)), compact
+        started = time.monotonic()
+        h = await self._on_view(lambda v: hashing.hash_kv(v, codec, rev, compact))
+        self.hash_kv_seconds.observe(time.monotonic() - started)
+        return h, compact
 
     async def defragment(self) -> None:
         storage = self._store.storage
@@ -68,7 +89,18 @@ class Maintenance:
         except Exception as exc:
             raise errors.Unavailable(f"etcdserver: defragment failed: {exc}") from None
         self.defrags += 1
+        self.defrag_seconds.observe(time.monotonic() - started)
         log.info("defragmented in %.3fs: %d -> %d bytes", time.monotonic() - started, before, storage.size())
+
+    def _plan(self, view: StorageView) -> tuple[int, Generator[bytes, None, None]]:
+        """(bytes before the trailer, the blobs): the first pass over view, on the worker."""
+        if self._snapshot_format == "metastore":
+            p = snapshot.plan(view)
+            return p.body_size, snapshot.encode(view, p, SNAPSHOT_CHUNK)
+        m = self._member() if self._member is not None else MemberInfo(0, "")
+        members = [Member(m.id, m.name, m.peer_urls, m.client_urls)] if m.id else []
+        ep = etcdsnap.plan(view, members)
+        return ep.body_size, etcdsnap.encode(ep, SNAPSHOT_CHUNK)
 
     async def snapshot(self) -> AsyncGenerator[pb.SnapshotResponse, None]:
         """The store as etcd's Snapshot stream: blobs, then one message holding their SHA-256."""
@@ -78,13 +110,11 @@ class Maintenance:
         worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metastore-snapshot")
         loop = asyncio.get_running_loop()
         blobs: Generator[bytes, None, None] | None = None
+        started = time.monotonic()
         try:
-            plan = await loop.run_in_executor(worker, snapshot.plan, view)
-            total = plan.body_size
-            log.info(
-                "sending snapshot at revision %d: %d bytes", plan.header.revision, total + snapshot.TRAILER
-            )
-            blobs = gen = snapshot.encode(view, plan, SNAPSHOT_CHUNK)
+            total, gen = await loop.run_in_executor(worker, self._plan, view)
+            blobs = gen
+            log.info("sending a %s snapshot of %d bytes", self._snapshot_format, total + snapshot.TRAILER)
             digest = hashlib.sha256()
             sent = 0
             finished = False
@@ -103,6 +133,7 @@ class Maintenance:
             # etcd ends with one message holding the SHA-256 of all blobs (etcdctl checks it)
             yield pb.SnapshotResponse(remaining_bytes=0, blob=digest.digest())
             self.snapshots += 1
+            self.snapshot_seconds.observe(time.monotonic() - started)
         finally:
             worker.submit(_close, blobs, view)
             worker.shutdown(wait=False)

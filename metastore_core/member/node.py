@@ -22,32 +22,36 @@ from metastore_core.config import Config
 from metastore_core.engine import reads, wire
 from metastore_core.engine.alarms import Alarms
 from metastore_core.engine.apply import Applier
+from metastore_core.engine.auth import AuthStore
 from metastore_core.engine.autocompact import make_policy
 from metastore_core.engine.commands import mutates
 from metastore_core.engine.entry import AuthInfo, Command, Entry
+from metastore_core.engine.keyrange import READ
 from metastore_core.engine.lease import Lessor
 from metastore_core.engine.ranges import range_at
 from metastore_core.engine.watch import WatchHub, WatchLimits, WatchSession
 from metastore_core.engine.wire import Encoded
+from metastore_core.member.auth import Auth
 from metastore_core.member.committer import Committer, Listener
 from metastore_core.member.compactor import AutoCompactor, Compactor
 from metastore_core.member.consensus import Consensus, MemberInfo
-from metastore_core.member.figures import MemberFigures
+from metastore_core.member.figures import MemberFigures, Proposals
 from metastore_core.member.guard import Spawn, WriteGuard
-from metastore_core.member.integrity import Integrity
+from metastore_core.member.integrity import Integrity, settle_watermark
 from metastore_core.member.leases import Leases
 from metastore_core.member.maintenance import Maintenance, in_use
 from metastore_core.member.single import SingleNode
 from metastore_core.member.steps import drive
+from metastore_core.member.tokens import make_provider
 from metastore_core.mvcc.store import MVCCStore
 from metastore_core.pb.etcdserverpb import rpc_pb2 as pb
 from metastore_core.storage import Storage
 from metastore_core.storage import layout as L
+from metastore_core.storage.watermark import SYNC_INTERVAL_S, Mark, Watermark
 
 log = logging.getLogger(__name__)
 
 ETCD_API_VERSION = "3.5.0"  # the etcd API level we speak; clients switch features on it
-PEER_URL = "http://localhost:2380"  # no peers yet: what MemberList shows until cluster mode
 _ALARM = pb.AlarmRequest
 
 
@@ -76,15 +80,18 @@ class Node:
         *,
         clock: Callable[[], float] = time.monotonic,
         spawn: Spawn = _spawn,
+        watermark: Watermark | None = None,
     ) -> None:
         self._config = config
         self._clock = clock
+        self._watermark = watermark
         self._store = store = MVCCStore(storage, crc=config.enable_crc)
         store.incremental_compaction = True
         self._lessor = lessor = Lessor(store)
         self._alarms = alarms = Alarms(store)
-        self._applier = Applier(store, lessor, alarms, clock)
-        self._committer = committer = Committer(store, sync=config.fsync)
+        self._auth_store = auth_store = AuthStore(store, lessor.keys_of)
+        self._applier = Applier(store, lessor, alarms, clock, auth_store)
+        self._committer = committer = Committer(store, sync=config.fsync, watermark=watermark)
         self._consensus: Consensus = SingleNode(
             store, self._applier, committer, self._member_info, self.load, self._on_applied
         )
@@ -106,26 +113,61 @@ class Node:
             reload=self.load,
             spawn=spawn,
             quota=config.quota_backend_bytes,
+            watermark=watermark,
         )
         is_leader = self._consensus.is_leader
         self._compactor = Compactor(store, committer)
         policy = make_policy(config.auto_compaction_mode, config.auto_compaction_retention, clock())
         self._auto = AutoCompactor(store, policy, self.write, is_leader)
         self._leases = Leases(lessor, clock, self.write, is_leader, config.lease_checkpoint_interval_s)
-        self._maintenance = Maintenance(store)
+        self._maintenance = Maintenance(
+            store, snapshot_format=config.snapshot_format, member=self._member_info
+        )
+        tokens = make_provider(config.auth_token, config.auth_token_ttl_s, clock)
+        self.auth = Auth(auth_store, tokens, self.write, config.bcrypt_cost)
         self._integrity = Integrity(store, guard.report_corruption, config.corrupt_check_interval_s)
+        self.proposals = Proposals()
         self.figures = MemberFigures(
             store, lessor, alarms, self._hub, committer, guard, self._leases, self._compactor, self._auto,
-            self._maintenance, self._integrity,
+            self._maintenance, self._integrity, self._applier.ops, self.proposals,
         )  # fmt: skip
         self.started = time.time()
 
     # ---------------------------------------------------------------- lifecycle
     def load(self) -> None:
         """Rebuild every in-memory structure from storage (start-up, rollback, recovery)."""
-        self._store.load()
+        t0 = time.monotonic()
+
+        def progress(records: int, revision: int) -> None:
+            log.info(
+                "loading the store: %d records read (revision %d) in %.1fs",
+                records,
+                revision,
+                time.monotonic() - t0,
+                extra={"records": records, "revision": revision},
+            )
+
+        records = self._store.load(progress)
         self._lessor.load(self._clock())
         self._alarms.load()
+        self._auth_store.load()
+        watermark = self._watermark
+        if watermark is not None:
+            settle_watermark(self._store, watermark, accept_lost=self._config.unsafe_accept_lost_writes)
+            for alarm in sorted(watermark.mark.alarms):  # raised while the store took no writes
+                self._alarms.activate(self._store.ids.member_id, alarm)  # staged for the next batch
+        log.info(
+            "store loaded: %d records, revision %d, %d leases in %.2fs",
+            records,
+            self._store.committed_rev,
+            len(self._lessor.leases),
+            time.monotonic() - t0,
+            extra={"records": records, "revision": self._store.committed_rev},
+        )
+
+    async def settle_kept_alarms(self) -> None:
+        """Start-up, after load: alarms the watermark kept go into the store (guard.py)."""
+        await self._guard.settle_kept_alarms()
 
     async def check_integrity_on_start(self) -> None:
         """--corrupt-check-on-start: scrub every record; raises StorageError on corruption."""
@@ -142,7 +184,19 @@ class Node:
             loops.append(Loop("auto-compaction", self._auto.run))
         if self._config.corrupt_check_interval_s > 0:
             loops.append(Loop("corrupt-check", self._integrity.run))
+        loops.append(Loop("storage-recovery", self._guard.run_recovery))
+        if self._watermark is not None and self._config.fsync:
+            loops.append(Loop("watermark-sync", self._sync_watermark))
         return loops
+
+    async def _sync_watermark(self) -> None:
+        """Bring the last written watermark to disk within SYNC_INTERVAL_S (storage/watermark.py)."""
+        watermark = self._watermark
+        assert watermark is not None
+        while True:
+            await asyncio.sleep(SYNC_INTERVAL_S)
+            if not self._guard.failure:
+                await self._committer.run_io(lambda: watermark.sync(time.monotonic()))
 
     async def persist(self) -> None:
         """Shutdown's persist phase: exact lease TTLs, then everything staged made durable."""
@@ -152,20 +206,28 @@ class Node:
             log.warning("lease checkpoint at shutdown failed: %s", exc)
         await self._committer.flush()
         if not self._config.fsync:  # batches were written without fsync: sync once now
-            storage, index = self._store.storage, self._store.consistent_index
-            await self._committer.run_io(
-                lambda: storage.write([(L.META_CONSISTENT_INDEX, L.u64(index))], sync=True)
-            )
+            store, watermark = self._store, self._watermark
+            index, rev = store.consistent_index, store.committed_rev
+
+            def sync() -> None:
+                store.storage.write([(L.META_CONSISTENT_INDEX, L.u64(index))], sync=True)
+                if watermark is not None:
+                    watermark.write(Mark(index, rev, watermark.mark.alarms))
+
+            await self._committer.run_io(sync)
 
     def close(self) -> None:
         self._compactor.close()
         self._committer.close()
         self._store.storage.close()
+        if self._watermark is not None:
+            self._watermark.close()
 
     # ---------------------------------------------------------------- identity
     def _member_info(self) -> MemberInfo:
         cfg = self._config
-        return MemberInfo(self._store.ids.member_id, cfg.name, [PEER_URL], cfg.client_urls)
+        # no peer URLs: a single member listens for no peers (it invented http://localhost:2380)
+        return MemberInfo(self._store.ids.member_id, cfg.name, [], cfg.client_urls)
 
     def header(self, into: pb.ResponseHeader, revision: int | None = None) -> None:
         """Fill a response header: ids, term, and the revision (current unless given or set)."""
@@ -195,8 +257,10 @@ class Node:
         """A Range at r.revision (0: current), after the read barrier unless serializable."""
         if not r.serializable:
             await self._consensus.read_index()
+        self._auth_store.check_access(auth, READ, r.key, r.range_end)  # no await from here on
         store = self._store
         resp = range_at(store, r, store.check_rev(r.revision))
+        self._applier.ops.ranges += 1
         self.header(resp.header, store.committed_rev)
         return resp
 
@@ -206,14 +270,16 @@ class Node:
         """A client's Range: one key at once; a range in steps that let other requests run
         between them, the reply built in pieces (engine/reads.py), at most --max-response-bytes."""
         # not async itself: a Get costs no extra coroutine frame
-        return self.range(r, auth) if not r.range_end else self._read_range(r)
+        return self.range(r, auth) if not r.range_end else self._read_range(r, auth)
 
-    async def _read_range(self, r: pb.RangeRequest) -> Encoded:
+    async def _read_range(self, r: pb.RangeRequest, auth: AuthInfo | None) -> Encoded:
         if not r.serializable:
             await self._consensus.read_index()
+        self._auth_store.check_access(auth, READ, r.key, r.range_end)
         store = self._store
         rev = store.check_rev(r.revision)
         current = store.committed_rev
+        self._applier.ops.ranges += 1
         with store.pinned(rev):
             body = await drive(reads.range_steps(store, r, rev, self._config.max_response_bytes))
         return self._reply(wire.RANGE_HEADER, body, current)
@@ -225,10 +291,16 @@ class Node:
             resp: pb.TxnResponse = await self.write(r, auth)
             return resp
         await self._consensus.read_index()
+        self._auth_store.check_entry(auth, r)  # as apply checks a txn that writes
         store = self._store
         rev = store.committed_rev
+        ranges = [0]
         with store.pinned(rev):
-            body = await drive(reads.txn_steps(store, r, rev, self._config.max_response_bytes))
+            body = await drive(reads.txn_steps(store, r, rev, self._config.max_response_bytes, ranges))
+        ops = self._applier.ops
+        ops.ranges += ranges[0]
+        if ranges[0] > 1:
+            ops.txns += 1
         return self._reply(wire.TXN_HEADER, body, rev)
 
     def _reply(self, header_field: int, body: wire.Body, revision: int) -> Encoded:
@@ -242,13 +314,20 @@ class Node:
 
     async def write(self, command: Command, auth: AuthInfo | None = None) -> Any:
         """Check, propose and apply one write command; answers once it is durable."""
+        if type(command) is pb.LeaseGrantRequest:
+            command = self._leases.prepare_grant(command)  # the ID is chosen here, never in apply
         guard = self._guard
         await guard.check(command)
+        proposals = self.proposals
+        proposals.pending += 1
         try:
             resp = await self._consensus.propose(command, auth)
         except errors.StorageFailed:
+            proposals.failed += 1
             await guard.settled()  # the alarm the failure raises is applied before the caller hears
             raise
+        finally:
+            proposals.pending -= 1
         kind = type(command)
         if kind is pb.CompactionRequest and command.physical:
             await self._compactor.wait()
@@ -264,6 +343,11 @@ class Node:
         if type(entry.command) is pb.CompactionRequest:
             self._compactor.kick()  # every member compacts its own storage, in the background
 
+    def observe_commits(self, observer: Callable[[float, float, int], None]) -> None:
+        """Call observer(start, end, entries) after each batch write, on the thread that wrote it
+        (monotonic times): tracing's commit spans."""
+        self._committer.observers.append(observer)
+
     def subscribe(self, listener: Listener) -> None:
         """Call listener(revision, events) after each batch of writes becomes durable."""
         self._committer.listeners.append(listener)
@@ -272,7 +356,7 @@ class Node:
     async def lease_grant(
         self, r: pb.LeaseGrantRequest, auth: AuthInfo | None = None
     ) -> pb.LeaseGrantResponse:
-        resp: pb.LeaseGrantResponse = await self.write(self._leases.prepare_grant(r), auth)
+        resp: pb.LeaseGrantResponse = await self.write(r, auth)
         self._leases.granted_total += 1
         return resp
 
@@ -288,8 +372,17 @@ class Node:
         self.header(resp.header)
         return resp
 
-    def lease_time_to_live(self, r: pb.LeaseTimeToLiveRequest) -> pb.LeaseTimeToLiveResponse:
+    def lease_time_to_live(
+        self, r: pb.LeaseTimeToLiveRequest, auth: AuthInfo | None = None
+    ) -> pb.LeaseTimeToLiveResponse:
+        """With keys: only the keys the caller may read (CVE-2023-32082 listed them all)."""
         resp = self._leases.time_to_live(r)
+        s = self._auth_store
+        if resp.keys and s.enabled and auth is not None:
+            s.check_user(auth)
+            readable = [k for k in resp.keys if s.allowed(auth.user, READ, k)]
+            del resp.keys[:]
+            resp.keys.extend(readable)
         self.header(resp.header)
         return resp
 
@@ -309,6 +402,10 @@ class Node:
     def watch_close(self, session: WatchSession) -> None:
         self._hub.close(session)
 
+    def check_watch(self, auth: AuthInfo | None, key: bytes, end: bytes) -> None:
+        """May auth watch (key, end)? The whole range must be readable (open-ended too)."""
+        self._auth_store.check_access(auth, READ, key or b"\0", end)
+
     async def _watch_progress(self) -> None:
         """Periodic progress notifications (etcd: every 10 minutes by default)."""
         while True:
@@ -316,8 +413,9 @@ class Node:
             self._hub.progress_tick()
 
     # ---------------------------------------------------------------- alarms and failures
-    async def alarm(self, r: pb.AlarmRequest) -> pb.AlarmResponse:
-        """GET lists alarms; ACTIVATE and DEACTIVATE are commands through apply (no header, as etcd)."""
+    async def alarm(self, r: pb.AlarmRequest, auth: AuthInfo | None = None) -> pb.AlarmResponse:
+        """GET lists alarms; ACTIVATE and DEACTIVATE are commands through apply (no header, as etcd)
+        and, with auth on, root's alone."""
         if not 0 <= r.alarm <= pb.CORRUPT:
             raise errors.InvalidRequest(f"etcdserver: invalid alarm type {r.alarm}")
         if r.action == _ALARM.GET:
@@ -328,8 +426,10 @@ class Node:
             raise errors.InvalidRequest("etcdserver: cannot activate alarm NONE")
         guard = self._guard
         failed = guard.failure is not None
+        # etcd answers with the alarm it raised, or the one it cleared (none if it was not active)
+        changed = r.action == _ALARM.ACTIVATE or (r.memberID, r.alarm) in self._alarms.active
         try:
-            await self._consensus.propose(r)
+            await self._consensus.propose(r, auth)
         except errors.StorageFailed:
             if not failed:
                 raise
@@ -337,7 +437,8 @@ class Node:
         gone = not self._alarms.has(pb.NOSPACE) and not self._alarms.has(pb.CORRUPT)
         if r.action == _ALARM.DEACTIVATE and failed and gone:
             await guard.recover()  # the last alarm is gone: the operator says there is space again
-        return pb.AlarmResponse(alarms=self._alarms.get(pb.NONE))
+        member = pb.AlarmMember(memberID=r.memberID, alarm=r.alarm)
+        return pb.AlarmResponse(alarms=[member] if changed else [])
 
     def report_corruption(self, exc: Exception) -> None:
         """A read found a record failing its check: raise CORRUPT and refuse writes."""
@@ -376,6 +477,10 @@ class Node:
         except Exception as exc:
             return f"probe failed: {exc}"
         return None
+
+    def check_admin(self, auth: AuthInfo | None) -> None:
+        """With auth on, only root (maintenance calls that read or reshape the whole store)."""
+        self._auth_store.check_admin(auth)
 
     # ---------------------------------------------------------------- maintenance
     def status(self) -> pb.StatusResponse:

@@ -48,5 +48,5 @@ def hash_all(view: StorageView, codec: L.RecordCodec, rev: int, compact_rev: int
         crc = zlib.crc32(key + L.u64(ttl), crc)
     for prefix in (L.USER_PREFIX, L.ROLE_PREFIX):
         for key, value in view.scan(prefix, L.prefix_end(prefix)):
-            crc = zlib.crc32(key + value, crc)
+            crc = zlib.crc32(key + codec.decode(value, key), crc)
     return crc

@@ -11,9 +11,11 @@ No I/O framework here: everything is plain, synchronous calls.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+
+from google.protobuf.message import DecodeError
 
 from metastore_core import errors
 from metastore_core.mvcc.index import Index, KeyHistory, entry_main, entry_sub, is_tombstone, pack
@@ -34,6 +36,7 @@ class Drained:
     rev: int  # the newest main revision inside
     events: list[Event]
     seq: int  # staging sequence number covered
+    index: int  # the consistent index the batch brings the store to
 
 
 @dataclass
@@ -53,6 +56,17 @@ class _Staged:
 
 def _new_id() -> int:
     return secrets.randbits(63) | 1
+
+
+def _decode(payload: bytes, skey: bytes, main: int) -> KeyValue:
+    """The KeyValue a record holds, which must decode and agree with its revision key."""
+    try:
+        kv = KeyValue.FromString(payload)
+    except DecodeError:
+        raise L.CorruptRecord(f"undecodable record {skey!r}") from None
+    if kv.mod_revision != main or len(skey) not in (17, 18):
+        raise L.CorruptRecord(f"record {skey!r} says mod_revision {kv.mod_revision}, its key says {main}")
+    return kv
 
 
 class MVCCStore:
@@ -77,8 +91,12 @@ class MVCCStore:
         self._pins: dict[int, int] = {}  # revision -> long reads in progress at it
 
     # ---------------------------------------------------------------- load
-    def load(self) -> None:
-        """Read meta and rebuild the index from disk (start-up and recovery)."""
+    LOAD_PROGRESS_EVERY = 1 << 16  # records between progress calls while loading
+
+    def load(self, progress: Callable[[int, int], None] | None = None) -> int:
+        """Read meta and rebuild the index from disk (start-up and recovery); returns the number
+        of records read. progress(records, revision) is called every LOAD_PROGRESS_EVERY records
+        (a large store takes seconds to load: the member logs how far it got)."""
         s = self.storage
         fmt = s.get(L.META_FORMAT)
         crc = s.get(L.META_CRC)
@@ -118,11 +136,16 @@ class MVCCStore:
         # A view reads past the block cache: a full scan would only evict what serving needs.
         view = s.view()
         keep = not self.codec.crc
+        records = 0
+        every = self.LOAD_PROGRESS_EVERY
         try:
             for skey, record in view.scan(start, stop):
+                records += 1
+                if progress is not None and records % every == 0:
+                    progress(records, top)
                 main, sub, tomb = L.parse_rev_key(skey)
                 payload = self.codec.decode(record, skey)
-                kv = KeyValue.FromString(payload)
+                kv = _decode(payload, skey, main)
                 h = histories.get(kv.key)
                 if h is None:
                     h = histories[kv.key] = KeyHistory()
@@ -151,6 +174,7 @@ class MVCCStore:
             if d is not None:
                 s.write(d.batch, sync=True)
                 self.mark_durable(d)
+        return records
 
     # ---------------------------------------------------------------- reads
     def check_rev(self, rev: int) -> int:
@@ -261,7 +285,7 @@ class MVCCStore:
             return None
         staged, self._staged = self._staged, _Staged()
         staged.batch.append((L.META_CONSISTENT_INDEX, L.u64(self.consistent_index)))
-        return Drained(staged.batch, self.applied_rev, staged.events, self.staged_seq)
+        return Drained(staged.batch, self.applied_rev, staged.events, self.staged_seq, self.consistent_index)
 
     def mark_durable(self, d: Drained) -> None:
         """The committer wrote d to disk: make it visible to readers."""

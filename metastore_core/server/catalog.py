@@ -23,6 +23,7 @@ from metastore_core.pb.v3lockpb import v3lock_pb2
 from metastore_core.server.figures import Figures
 from metastore_core.server.lifecycle import Lifecycle
 from metastore_core.server.services.admin import AdminService
+from metastore_core.server.services.auth import AuthService
 from metastore_core.server.services.cluster import ClusterService
 from metastore_core.server.services.election import ElectionService
 from metastore_core.server.services.health import HealthService
@@ -58,6 +59,7 @@ def build_services(
         Service(etcd["KV"], KVService(node, config.limits), (rpc_pb2,)),
         Service(etcd["Maintenance"], MaintenanceService(node), (rpc_pb2,)),
         Service(etcd["Cluster"], ClusterService(node), (rpc_pb2,)),
+        Service(etcd["Auth"], AuthService(node), (rpc_pb2,)),
         Service(etcd["Watch"], watch, (rpc_pb2,), close=watch.close),
         Service(etcd["Lease"], lease, (rpc_pb2,), close=lease.close),
         Service(v3lock_pb2.DESCRIPTOR.services_by_name["Lock"], LockService(node, contenders), (v3lock_pb2,)),

@@ -1,5 +1,8 @@
 """Client connections: counted, admitted up to --max-connections, idle handshakes closed fast.
 
+This watches gRPC's own client ports; the JSON gateway and the shared-port front listener
+(server/http, server/front.py) cap their connections themselves.
+
 grpc-core alone closes a connection past its cap at accept: the client sees UNAVAILABLE with
 no reason, and a client that keeps idle sockets open (never sending the HTTP/2 preface) holds
 every slot for the whole handshake timeout; 0 of 80 health checks were answered over 40 s

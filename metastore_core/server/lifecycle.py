@@ -88,6 +88,7 @@ class Lifecycle:
         self.watchdog = False  # arm_watchdog(): exit the process if the timeout is overrun
         self._finished = threading.Event()
         self._watchdog: threading.Thread | None = None
+        self.on_phase: Callable[[str], None] | None = None  # told as each phase begins (systemd)
         self._running: asyncio.Task[ShutdownReport] | None = None
 
     def on(self, phase: str, name: str, hook: Hook) -> None:
@@ -106,7 +107,7 @@ class Lifecycle:
         self.reason = reason = escape(reason, REASON_LIMIT)
         late = now - self.requested_at
         busy = f" ({late:.3f}s after it arrived: the event loop was busy)" if late > BUSY_LOOP_S else ""
-        log.info("shutdown requested: %s%s", reason, busy)
+        log.info("shutdown requested: %s%s", reason, busy, extra={"reason": reason})
         self.requested.set()
         self._start_watchdog(self.requested_at)
         return True
@@ -167,6 +168,8 @@ class Lifecycle:
             if budget <= 0:
                 forced = True
                 budget = FORCED_PHASE_BUDGET_S
+            if self.on_phase is not None:
+                self.on_phase(phase)
             t0 = time.monotonic()
             error = await self._run_phase(phase, budget)
             seconds = time.monotonic() - t0
@@ -174,15 +177,22 @@ class Lifecycle:
                 forced = True
                 report.timed_out = True
             report.phases.append(PhaseTiming(phase, seconds, error))
-            log.info(
+            log.log(
+                logging.WARNING if error else logging.INFO,
                 "shutdown phase %s took %.3fs%s%s",
                 phase,
                 seconds,
                 " (forced)" if forced else "",
                 f": {error}" if error else "",
+                extra={"phase": phase, "seconds": round(seconds, 6), "forced": forced, "error": error},
             )
+        total = time.monotonic() - start
         log.info(
-            "shutdown finished in %.3fs of %gs (%s)", time.monotonic() - start, self.timeout_s, report.reason
+            "shutdown finished in %.3fs of %gs (%s)",
+            total,
+            self.timeout_s,
+            report.reason,
+            extra={"seconds": round(total, 6), "reason": report.reason, "clean": report.clean},
         )
         self.report = report
         self._finished.set()
@@ -220,7 +230,7 @@ class Lifecycle:
         def first(signum: int, frame: object) -> None:
             arrived = time.monotonic()
             for s in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(s, _force_exit)
+                signal.signal(s, self._second_signal)
             name = signal.Signals(signum).name
             self._start_watchdog(arrived)  # now: the loop may be too busy to start it soon
             loop.call_soon_threadsafe(self.request, f"signal {name}", arrived)
@@ -228,10 +238,13 @@ class Lifecycle:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, first)
 
-
-def _force_exit(signum: int, frame: object) -> None:
-    os.write(2, f"metastore: second signal ({signal.Signals(signum).name}): forced exit\n".encode())
-    os._exit(FORCED_EXIT_CODE)
+    def _second_signal(self, signum: int, frame: object) -> None:
+        """Force the exit (130), unless the shutdown is already over: then exit as it ended."""
+        report = self.report
+        if report is not None:  # nothing left to force: the code must not change
+            os._exit(0 if report.clean else 1)
+        os.write(2, f"metastore: second signal ({signal.Signals(signum).name}): forced exit\n".encode())
+        os._exit(FORCED_EXIT_CODE)
 
 
 # ---------------------------------------------------------------------- the report on disk

@@ -1,15 +1,18 @@
 """The listeners: which addresses the daemon serves on, and the gRPC transport options.
 
-Client URLs carry gRPC; metrics URLs carry HTTP (/metrics, /health). Only
-http:// is served: TLS (https://) comes with the auth/TLS work, so an
-https:// URL is refused at start rather than served as plaintext.
+Client URLs carry gRPC; metrics URLs carry HTTP (/metrics, /health). https://
+URLs serve TLS with the certificate set of server/tls.py; a Config built in
+code that asks for https:// without one is refused at bind, never served as
+plaintext.
 """
 
 from __future__ import annotations
 
+import socket
+
 import grpc
 
-from metastore_core.config import Config, split_url
+from metastore_core.config import Config, is_https, split_url
 from metastore_core.server.connections import reserve
 
 
@@ -54,15 +57,42 @@ def grpc_options(config: Config, max_connections: int = 0) -> list[tuple[str, in
     ]
 
 
+def check_free(host: str, port: int) -> None:
+    """OSError naming the address if it cannot be bound. grpc's own failure also prints a line of
+    C-core logging to stderr; this check first keeps a taken port to our one line."""
+    if port == 0:
+        return
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        return  # let grpc say what is wrong with the name
+    for family, kind, proto, _, addr in addresses:
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(addr)
+            except OSError as exc:
+                raise OSError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
 def bind_client_urls(
-    server: grpc.aio.Server, urls: list[str], flag: str = "--listen-client-urls"
+    server: grpc.aio.Server,
+    urls: list[str],
+    credentials: grpc.ServerCredentials | None = None,
+    flag: str = "--listen-client-urls",
 ) -> list[int]:
     """Listen on every client URL; returns the bound ports (OSError naming a taken address)."""
     ports = []
     for url in urls:
         addr = grpc_address(url, flag)
+        if is_https(url) and credentials is None:
+            raise ValueError(f"{flag} {url}: https:// needs a certificate (--cert-file, --auto-tls)")
+        check_free(*parse_url(url, flag))
         try:
-            port = server.add_insecure_port(addr)
+            if is_https(url):
+                port = server.add_secure_port(addr, credentials)
+            else:
+                port = server.add_insecure_port(addr)
         except RuntimeError as exc:
             raise OSError(f"cannot listen on {addr}: {exc}") from None
         if not port:

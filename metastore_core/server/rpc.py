@@ -10,16 +10,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
-from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 
 from metastore_core import errors
+from metastore_core.engine.auth import ANONYMOUS
 from metastore_core.engine.wire import Encoded
-from metastore_core.server.methods import Behaviour, Call, Layer, MethodInfo, method_info
+from metastore_core.server.methods import Behaviour, Call, Layer, Method, MethodInfo, wrap
 from metastore_core.server.status import code_of
 
 _GRPC_CODES = {c.value[0]: c for c in grpc.StatusCode}
@@ -37,20 +36,28 @@ def grpc_status(exc: errors.MetastoreError) -> tuple[grpc.StatusCode, str]:
     return _GRPC_CODES[code_of(exc)], exc.text
 
 
+Peers = Callable[[str], str]  # the peer gRPC reports -> the client (a relay's, see front.py)
+
+
+def _same(peer: str) -> str:
+    return peer
+
+
 class GrpcCall(Call):
     """A Call carried by gRPC."""
 
-    __slots__ = ("_context", "_peer")
+    __slots__ = ("_context", "_peer", "_peers")
 
-    def __init__(self, context: grpc.aio.ServicerContext) -> None:
-        self.auth = None
+    def __init__(self, context: grpc.aio.ServicerContext, peers: Peers = _same) -> None:
+        self.auth = ANONYMOUS
         self._context = context
+        self._peers = peers
         self._peer: str | None = None
 
     def peer(self) -> str:
         peer = self._peer
         if peer is None:  # asked by the connection and the per-client limits: ask grpc once
-            peer = self._peer = str(self._context.peer())
+            peer = self._peer = self._peers(str(self._context.peer()))
         return peer
 
     def metadata(self, key: str) -> str | None:
@@ -59,11 +66,25 @@ class GrpcCall(Call):
                 return str(v)
         return None
 
+    def common_name(self) -> str:
+        # grpc fills x509_common_name only for a certificate that verified against the CA
+        names = (self._context.auth_context() or {}).get("x509_common_name") or ()
+        return bytes(names[0]).decode(errors="replace") if names else ""
 
-def _deserializer(cls: type[Message]) -> Callable[[bytes], Any]:
+
+class Bytes(Protocol):
+    """Where message sizes are added up (layers/metrics.Traffic)."""
+
+    sent: int
+    received: int
+
+
+def _deserializer(cls: type[Message], traffic: Bytes | None) -> Callable[[bytes], Any]:
     parse = cls.FromString
 
     def deserialize(data: bytes) -> Any:
+        if traffic is not None:
+            traffic.received += len(data)
         try:
             return parse(data)
         except (DecodeError, RuntimeError, ValueError):
@@ -72,16 +93,17 @@ def _deserializer(cls: type[Message]) -> Callable[[bytes], Any]:
     return deserialize
 
 
-def _serializer(cls: type[Message]) -> Callable[[Any], bytes]:
+def _serializer(cls: type[Message], traffic: Bytes | None) -> Callable[[Any], bytes]:
     """cls's serializer; a reply a servicer built already serialized (Encoded) goes as it is."""
-    serialize = cls.SerializeToString
+    encode = cls.SerializeToString
 
-    def encode(message: Any) -> bytes:
-        if type(message) is Encoded:
-            return message.data
-        return serialize(message)
+    def serialize(message: Any) -> bytes:
+        data = message.data if type(message) is Encoded else encode(message)
+        if traffic is not None:
+            traffic.sent += len(data)
+        return data
 
-    return encode
+    return serialize
 
 
 async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
@@ -104,12 +126,12 @@ def _refuse_malformed(info: MethodInfo, fn: Behaviour) -> Behaviour:
     return check
 
 
-def _grpc_behaviour(info: MethodInfo, fn: Behaviour) -> Callable[..., Any]:
+def _grpc_behaviour(info: MethodInfo, fn: Behaviour, peers: Peers) -> Callable[..., Any]:
     if not info.server_streaming:
 
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
-                return await fn(request, GrpcCall(context))
+                return await fn(request, GrpcCall(context, peers))
             except errors.MetastoreError as exc:
                 await context.abort(*grpc_status(exc))
 
@@ -117,7 +139,7 @@ def _grpc_behaviour(info: MethodInfo, fn: Behaviour) -> Callable[..., Any]:
 
     async def streaming(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            async with aclosing(fn(request, GrpcCall(context))) as items:
+            async with aclosing(fn(request, GrpcCall(context, peers))) as items:
                 async for item in items:
                     yield item
         except errors.MetastoreError as exc:
@@ -126,24 +148,18 @@ def _grpc_behaviour(info: MethodInfo, fn: Behaviour) -> Callable[..., Any]:
     return streaming
 
 
-@dataclass(frozen=True)
-class Method:
-    """One method to serve: what it is, what implements it, its message classes."""
-
-    info: MethodInfo
-    fn: Behaviour
-    request: type[Message]
-    response: type[Message]
-
-
-def handler(service: str, methods: Sequence[Method], layers: Sequence[Layer]) -> grpc.GenericRpcHandler:
-    """A generic handler serving methods of service, each wrapped once."""
+def handler(
+    service: str,
+    methods: Sequence[Method],
+    layers: Sequence[Layer],
+    peers: Peers = _same,
+    traffic: Bytes | None = None,
+) -> grpc.GenericRpcHandler:
+    """A generic handler serving methods of service, each wrapped once; peers names the client
+    behind a relayed connection; traffic (if given) adds up the bytes of every message."""
     handlers = {}
     for m in methods:
-        fn = _refuse_malformed(m.info, m.fn)
-        if m.info.policy.layers:
-            for layer in layers:
-                fn = layer(m.info, fn)
+        fn = wrap(m.info, _refuse_malformed(m.info, m.fn), layers)
         make = {
             (False, False): grpc.unary_unary_rpc_method_handler,
             (False, True): grpc.unary_stream_rpc_method_handler,
@@ -151,28 +167,8 @@ def handler(service: str, methods: Sequence[Method], layers: Sequence[Layer]) ->
             (True, True): grpc.stream_stream_rpc_method_handler,
         }[(m.info.client_streaming, m.info.server_streaming)]
         handlers[m.info.name] = make(
-            _grpc_behaviour(m.info, fn),
-            request_deserializer=_deserializer(m.request),
-            response_serializer=_serializer(m.response),
+            _grpc_behaviour(m.info, fn, peers),
+            request_deserializer=_deserializer(m.request, traffic),
+            response_serializer=_serializer(m.response, traffic),
         )
     return grpc.method_handlers_generic_handler(service, handlers)
-
-
-def service_methods(desc: ServiceDescriptor, servicer: object, modules: Sequence[Any]) -> list[Method]:
-    """Every method of desc, implemented by servicer's method of the same name."""
-    types = message_types(*modules)
-    out = []
-    for m in desc.methods:
-        req = types[m.input_type.full_name]
-        info = method_info(desc.full_name, m.name, m.client_streaming, m.server_streaming, req)
-        out.append(Method(info, getattr(servicer, m.name), req, types[m.output_type.full_name]))
-    return out
-
-
-def message_types(*modules: Any) -> dict[str, type[Message]]:
-    """Full proto name -> message class, for the top-level messages of _pb2 modules."""
-    out: dict[str, type[Message]] = {}
-    for mod in modules:
-        for mdesc in mod.DESCRIPTOR.message_types_by_name.values():
-            out[mdesc.full_name] = getattr(mod, mdesc.name)
-    return out

@@ -19,6 +19,16 @@ class StorageError(Exception):
     """An I/O failure of the backend; the write that raised was not applied."""
 
 
+# How an operating system says a disk is full (ENOSPC, EDQUOT), in LevelDB's IOError text too.
+_NO_SPACE = ("No space left on device", "Disk quota exceeded")
+
+
+def out_of_space(exc: BaseException) -> bool:
+    """True when exc says the disk (or a quota) is full."""
+    text = str(exc)
+    return any(words in text for words in _NO_SPACE)
+
+
 class StorageView(Protocol):
     """A consistent read-only view of the store at one moment."""
 

@@ -6,7 +6,8 @@ Key space (one byte of prefix, then the rest):
     m <name>                       meta values (ids, revisions, format)
     l <lease id:8 BE>              a lease: record(ttl:8, remaining:8)
     a <member:8 BE> <alarm:1>      an active alarm (empty value)
-    u <name> / r <name>            auth users and roles (authpb records)
+    u <name> / r <name>            auth users and roles (authpb records, no CRC framing:
+                                   Hash folds them as they are)
 
 A record is the payload, prefixed with its CRC32C when CRC is on. The
 format header (meta "format" and "crc") says which, so a store written with
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 import struct
 import zlib
+
+from metastore_core.storage.base import StorageError
 
 FORMAT_VERSION = b"1"
 
@@ -40,6 +43,8 @@ META_SCHEDULED_COMPACT_REV = b"mscheduled_compact_rev"  # compaction asked up to
 META_AUTH_ENABLED = b"mauth_enabled"
 META_AUTH_REVISION = b"mauth_revision"
 META_HEALTH_PROBE = b"mhealth_probe"  # health checker's write/read probe (no meaning)
+
+MAX_LEASE_TTL = 9_000_000_000  # seconds, etcd's MaxLeaseTTL: the largest TTL a lease record holds
 
 CRC_NONE = b"none"
 CRC_IEEE = b"crc32"
@@ -96,6 +101,16 @@ def parse_lease_value(b: bytes) -> tuple[int, int]:
     return int(ttl), int(remaining)
 
 
+def user_key(name: str) -> bytes:
+    """A user's record: authpb.User (its password field holds a bcrypt hash, never a password)."""
+    return USER_PREFIX + name.encode()
+
+
+def role_key(name: str) -> bytes:
+    """A role's record: authpb.Role."""
+    return ROLE_PREFIX + name.encode()
+
+
 def alarm_key(member_id: int, alarm: int) -> bytes:
     return ALARM_PREFIX + _U64.pack(member_id) + bytes([alarm])
 
@@ -104,8 +119,9 @@ def parse_alarm_key(key: bytes) -> tuple[int, int]:
     return int(_U64.unpack_from(key, 1)[0]), key[9]
 
 
-class CorruptRecord(Exception):
-    """A stored record failed its CRC check."""
+class CorruptRecord(StorageError):
+    """Stored bytes failed a check (our record CRC, LevelDB's block checksum, a record that does
+    not decode or disagrees with its key): never served, answered with DATA_LOSS."""
 
 
 class RecordCodec:

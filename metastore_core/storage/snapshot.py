@@ -16,6 +16,9 @@ Layout (all integers big-endian):
     then       zero padding up to a multiple of 512 bytes
     last       32 bytes: SHA-256 of every byte before it
 
+Reading checks more than checksums: every record is decoded and checked as the store would
+read it (_Checker below), and a fault is refused with its record's offset.
+
 So a file is always 512*n + 32 bytes: exactly what `etcdctl snapshot save` demands of the
 Maintenance/Snapshot stream (blobs, then a final SHA-256 message). Records carry the store's
 own keys (layout.py) except identity/format meta, which the header holds, and alarms, which
@@ -24,22 +27,26 @@ a restore does not inherit. No I/O framework here: plain functions over a Storag
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
-import secrets
-import shutil
 import struct
 import time
 import zlib
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
+from google.protobuf.message import DecodeError
+
+from metastore_core.pb.authpb import auth_pb2 as authpb
+from metastore_core.pb.mvccpb.kv_pb2 import KeyValue
 from metastore_core.storage import layout as L
+from metastore_core.storage import restoring
 from metastore_core.storage.base import StorageView
-from metastore_core.storage.datadir import DataDir
-from metastore_core.storage.leveldb import LevelDBStorage
+from metastore_core.storage.counting import CountingReader
+from metastore_core.storage.watermark import Mark
 
 MAGIC = b"MSTSNAP\n"
 FORMAT_VERSION = 1
@@ -200,6 +207,18 @@ def encode(view: StorageView, p: Plan, chunk: int = 32 * 1024) -> Generator[byte
         yield out
 
 
+def compose(header: Header, pairs: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """A whole snapshot file holding pairs as given, unchecked (for tests that craft files)."""
+    body = bytearray(header.encode())
+    count = 0
+    for key, value in pairs:
+        body += _record(key, value)
+        count += 1
+    body += _end(count, len(body) - HEADER_LEN)
+    body += bytes(_pad(len(body)))
+    return bytes(body) + hashlib.sha256(body).digest()
+
+
 def write(view: StorageView, out: BinaryIO) -> Header:
     """Write a complete snapshot file (body and trailer) of view to out."""
     p = plan(view)
@@ -260,6 +279,160 @@ def _read_header(r: _Reader) -> Header:
     return Header(rev, compact, index, cluster, member, term, created, bool(rcrc), version)
 
 
+# ------------------------------------------------------------------ what the records must say
+# Checksums only prove the bytes are the ones written. A file with valid checksums but bad
+# contents (an undecodable KeyValue, a revision key of the wrong length, revision 2^63) was
+# restored, and the daemon then crashed at start or failed every write. So every record is
+# decoded and checked against what the store's own writer produces (layout.py), and a fault is
+# refused with the record's offset.
+MAX_REVISION = 1 << 62  # beyond any real store, and 2^62 more writes fit in etcd's int64
+MAX_SUB = (1 << 32) - 1  # sub-revisions share an int with main in the index (mvcc/index.py)
+_META = frozenset(
+    value for name, value in vars(L).items() if name.startswith("META_") and isinstance(value, bytes)
+)
+
+
+@dataclass
+class _KeyState:
+    """The last record of one key seen so far."""
+
+    at: int  # its offset
+    create: int
+    version: int  # 0: a tombstone
+    lease: int
+
+
+class _Checker:
+    """Checks each record as it is read, and what only the whole file can show at the end."""
+
+    def __init__(self, header: Header, at: int) -> None:
+        if not 1 <= header.revision < MAX_REVISION:
+            raise SnapshotError(f"header revision {header.revision} out of range", at)
+        if header.compact_revision > header.revision or header.consistent_index >= MAX_REVISION:
+            raise SnapshotError(
+                f"header compact revision {header.compact_revision} / consistent index "
+                f"{header.consistent_index} out of range for revision {header.revision}",
+                at,
+            )
+        self.header = header
+        self.codec = L.RecordCodec(header.record_crc)
+        self.previous = b""
+        self.top = 0
+        self.keys: dict[bytes, _KeyState] = {}
+        self.leases: set[int] = set()
+
+    def record(self, key: bytes, value: bytes, at: int) -> None:
+        if key <= self.previous:
+            raise SnapshotError(f"record key {key!r} is not after the one before it", at)
+        self.previous = key
+        prefix = key[:1]
+        if prefix == L.REV_PREFIX:
+            self._change(key, value, at)
+        elif prefix == L.LEASE_PREFIX:
+            self._lease(key, value, at)
+        elif prefix == L.META_PREFIX:
+            if key not in _META or key in _HEADER_META:
+                raise SnapshotError(f"unexpected meta record {key!r}", at)
+        elif prefix in (L.USER_PREFIX, L.ROLE_PREFIX):
+            self._auth(key, value, at)
+        else:
+            raise SnapshotError(f"record {key!r} has no known prefix", at)
+
+    def _payload(self, key: bytes, value: bytes, at: int) -> bytes:
+        try:
+            return self.codec.decode(value, key)
+        except L.CorruptRecord as exc:
+            raise SnapshotError(str(exc), at) from None
+
+    def _change(self, key: bytes, value: bytes, at: int) -> None:
+        if len(key) not in (17, 18) or (len(key) == 18 and key[17:] != L.TOMBSTONE):
+            raise SnapshotError(f"revision key {key!r} is malformed", at)
+        main, sub, tomb = L.parse_rev_key(key)
+        if not 1 <= main <= self.header.revision or sub > MAX_SUB:
+            raise SnapshotError(
+                f"revision {main}.{sub} out of range (snapshot at {self.header.revision})", at
+            )
+        payload = self._payload(key, value, at)
+        try:
+            kv = KeyValue.FromString(payload)
+        except DecodeError:
+            raise SnapshotError(f"revision {main}.{sub}: the KeyValue does not decode", at) from None
+        if kv.SerializeToString() != payload:
+            raise SnapshotError(f"revision {main}.{sub}: the KeyValue is not as the store writes it", at)
+        if not kv.key or kv.mod_revision != main:
+            raise SnapshotError(
+                f"revision {main}.{sub}: KeyValue key {kv.key[:64]!r}, mod_revision {kv.mod_revision}",
+                at,
+            )
+        before = self.keys.get(kv.key)
+        if tomb:
+            if kv.create_revision or kv.version or kv.lease or kv.value:
+                raise SnapshotError(f"revision {main}.{sub}: a tombstone with contents", at)
+            if before is not None and not before.version:
+                raise SnapshotError(f"revision {main}.{sub}: deletes {kv.key[:64]!r} twice", at)
+            self.keys[kv.key] = _KeyState(at, 0, 0, 0)
+        else:
+            self._put(kv, before, f"revision {main}.{sub}", at)
+        self.top = main
+
+    def _put(self, kv: KeyValue, before: _KeyState | None, where: str, at: int) -> None:
+        main = kv.mod_revision
+        if not 1 <= kv.create_revision <= main or kv.version < 1 or kv.lease < 0:
+            raise SnapshotError(
+                f"{where}: create_revision {kv.create_revision}, version {kv.version}, lease {kv.lease}",
+                at,
+            )
+        if before is None or not before.version:  # a first record (history may be compacted)
+            fresh = before is not None  # after a tombstone, a new generation starts here
+            if (kv.version == 1) != (kv.create_revision == main) or (fresh and kv.version != 1):
+                raise SnapshotError(
+                    f"{where}: version {kv.version} with create_revision {kv.create_revision}", at
+                )
+        elif (kv.create_revision, kv.version) != (before.create, before.version + 1):
+            raise SnapshotError(
+                f"{where}: create_revision {kv.create_revision} version {kv.version} does not follow "
+                f"{before.create} / {before.version}",
+                at,
+            )
+        self.keys[kv.key] = _KeyState(at, kv.create_revision, kv.version, kv.lease)
+
+    def _lease(self, key: bytes, value: bytes, at: int) -> None:
+        if len(key) != 9:
+            raise SnapshotError(f"lease key {key!r} is malformed", at)
+        lease_id = L.parse_lease_key(key)
+        payload = self._payload(key, value, at)
+        if not 0 < lease_id < 1 << 63 or len(payload) != 16:
+            raise SnapshotError(f"lease {lease_id:#x}: bad ID or record of {len(payload)} bytes", at)
+        ttl, remaining = L.parse_lease_value(payload)
+        if not 0 < ttl <= L.MAX_LEASE_TTL or not 0 <= remaining <= L.MAX_LEASE_TTL:
+            raise SnapshotError(f"lease {lease_id:#x}: TTL {ttl}, remaining {remaining}", at)
+        self.leases.add(lease_id)
+
+    def _auth(self, key: bytes, value: bytes, at: int) -> None:
+        message = authpb.User() if key[:1] == L.USER_PREFIX else authpb.Role()
+        try:
+            message.ParseFromString(self._payload(key, value, at))
+        except DecodeError:
+            raise SnapshotError(f"auth record {key!r} does not decode", at) from None
+        if not key[1:] or message.name != key[1:]:
+            raise SnapshotError(f"auth record {key!r} names {message.name!r}", at)
+
+    def finish(self, at: int) -> None:
+        """Checks of the whole: the header's revision, and the lease of every live key."""
+        h = self.header
+        if h.revision != max(self.top, h.compact_revision, 1):
+            raise SnapshotError(
+                f"header revision {h.revision}, but the newest change is {self.top} and the "
+                f"compaction {h.compact_revision}",
+                at,
+            )
+        for key, k in self.keys.items():
+            if k.version and k.lease and k.lease not in self.leases:
+                raise SnapshotError(
+                    f"key {key[:64]!r} is attached to lease {k.lease:#x}, which is absent", k.at
+                )
+
+
 def read(src: BinaryIO) -> Iterator[Header | tuple[bytes, bytes]]:
     """Yield the header, then every (key, value) record, checking everything on the way.
 
@@ -268,6 +441,7 @@ def read(src: BinaryIO) -> Iterator[Header | tuple[bytes, bytes]]:
     """
     r = _Reader(src)
     header = _read_header(r)
+    check = _Checker(header, _PRE.size)
     yield header
     count = nbytes = 0
     while True:
@@ -284,6 +458,7 @@ def read(src: BinaryIO) -> Iterator[Header | tuple[bytes, bytes]]:
                     f"end record says {want_count} records / {want_bytes} bytes, read {count} / {nbytes}",
                     at,
                 )
+            check.finish(at)
             break
         if tag != TAG_ENTRY:
             raise SnapshotError(f"unknown record tag {tag:#x}", at)
@@ -297,6 +472,7 @@ def read(src: BinaryIO) -> Iterator[Header | tuple[bytes, bytes]]:
             raise SnapshotError(f"record {count} CRC mismatch", crc_at)
         count += 1
         nbytes += _REC.size + klen + vlen + 4
+        check.record(kv[:klen], kv[klen:], at)
         yield kv[:klen], kv[klen:]
     pad_at = r.offset
     pad = r.read(_pad(r.offset), "padding")
@@ -332,72 +508,47 @@ def verify(src: BinaryIO) -> Summary:
 
 
 def restore(
-    path: str | os.PathLike[str], data_dir: str | os.PathLike[str], *, member_id: int | None = None
+    path: str | os.PathLike[str],
+    data_dir: str | os.PathLike[str],
+    *,
+    member_id: int | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> Header:
     """Verify the snapshot at path, then build a new LevelDB data dir from it.
 
     Refuses a data dir that exists and is not empty. The restored member gets a new random
     member ID unless member_id is given; the cluster ID, revisions, compaction and leases come
     from the snapshot. Alarms are not restored. A compaction the snapshot carried unfinished
-    records for is finished by the daemon's start-up.
+    records for is finished by the daemon's start-up. progress, if given, is called with a growing
+    byte count up to twice the file size (one pass to verify, one to restore).
     """
     src_path = Path(path)
-    target = Path(data_dir)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise FileExistsError(f"data dir {target} exists and is not empty: refusing to restore into it")
+    restoring.check_empty(data_dir)
+    size = src_path.stat().st_size
     with open(src_path, "rb") as f:
-        verify(f)
-    dd = DataDir(target)
-    dd.acquire()
-    storage: LevelDBStorage | None = None
-    try:
-        storage = LevelDBStorage(dd.db_path)
+        verify(cast(BinaryIO, CountingReader(f, progress)))
+    new_member = member_id if member_id is not None else restoring.new_id()
+    with restoring.new_store(data_dir) as filling, open(src_path, "rb") as f:
+        storage = filling.storage
         batch: list[tuple[bytes, bytes | None]] = []
         header: Header | None = None
-        with open(src_path, "rb") as f:
-            for item in read(f):
-                if isinstance(item, Header):
-                    header = item
-                    continue
-                batch.append(item)
-                if len(batch) >= 4096:
-                    storage.write(batch, sync=False)
-                    batch = []
+        for item in read(cast(BinaryIO, CountingReader(f, progress, size))):
+            if isinstance(item, Header):
+                header = item
+                continue
+            batch.append(item)
+            if len(batch) >= restoring.BATCH:
+                storage.write(batch, sync=False)
+                batch = []
         assert header is not None
-        new_member = member_id if member_id is not None else secrets.randbits(63) | 1
-        batch += [
-            (L.META_FORMAT, L.FORMAT_VERSION),
-            (L.META_CRC, L.CRC_IEEE if header.record_crc else L.CRC_NONE),
-            (L.META_CLUSTER_ID, L.u64(header.cluster_id)),
-            (L.META_MEMBER_ID, L.u64(new_member)),
-            (L.META_RAFT_TERM, L.u64(header.raft_term)),
-            (L.META_CONSISTENT_INDEX, L.u64(header.consistent_index)),
-            (L.META_COMPACT_REV, L.u64(0)),
-            (L.META_SCHEDULED_COMPACT_REV, L.u64(header.compact_revision)),
-        ]
-        storage.write(batch, sync=True)
-        storage.close()
-        storage = None
-        fd = os.open(target, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        return Header(
-            header.revision,
-            header.compact_revision,
-            header.consistent_index,
-            header.cluster_id,
-            new_member,
-            header.raft_term,
-            header.created_unix_ms,
-            header.record_crc,
-            header.version,
+        batch += restoring.identity(
+            cluster_id=header.cluster_id,
+            member_id=new_member,
+            raft_term=header.raft_term,
+            consistent_index=header.consistent_index,
+            compact=header.compact_revision,
+            crc=header.record_crc,
         )
-    except BaseException:
-        if storage is not None:
-            storage.close()
-        shutil.rmtree(dd.db_path, ignore_errors=True)
-        raise
-    finally:
-        dd.release()
+        storage.write(batch, sync=True)
+        filling.mark = Mark(header.consistent_index, header.revision)
+    return dataclasses.replace(header, member_id=new_member)

@@ -101,3 +101,24 @@ def test_memory_backend_starts_empty_each_time(tmp_path: Path) -> None:
         assert etcdctl(p2.endpoint, "get", "a").stdout == ""
     finally:
         p2.stop()
+
+
+def test_a_foreign_data_dir_is_one_line_of_error_and_exit_1(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("not a data dir")
+    r = subprocess.run(
+        [
+            *(sys.executable, "-m", "metastore_cli", "serve", "--data-dir", str(tmp_path)),
+            *("--listen-client-urls", f"http://127.0.0.1:{free_port()}"),
+            *("--listen-metrics-urls", f"http://127.0.0.1:{free_port()}"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
+    assert r.returncode == 1
+    assert r.stderr == (
+        f"Error: data dir {tmp_path} is not empty and is not a metastore data dir "
+        "(no metastore.datadir); refusing to use it: give a new or empty directory\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

@@ -1,9 +1,9 @@
-"""Maintenance end to end: etcdctl alarm/defrag/hashkv/status, quota, disk full, auto-compaction."""
+"""Maintenance end to end: etcdctl alarm/defrag/hashkv/status, quota, auto-compaction (a full
+disk: integration/test_storage_failures.py)."""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -168,69 +168,6 @@ def test_quota_raises_nospace_reads_and_deletes_work_until_disarm(tmp_path: Path
         put_soon(ep, "small", "1")
     finally:
         p.stop()
-
-
-def _mount_tmpfs(path: Path, size: str) -> None:
-    path.mkdir(parents=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
-
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
-def test_disk_full_raises_an_alarm_and_recovers_after_disarm(tmp_path: Path) -> None:
-    mnt = tmp_path / "small"
-    _mount_tmpfs(mnt, "4m")
-    p = None
-    try:
-        ballast = mnt / "ballast"
-        ballast.write_bytes(b"\1" * (5 << 19))  # 2.5 MiB, freed later: a reopen needs the log's size
-        p = start_metastore(mnt / "data")
-        acked: dict[bytes, bytes] = {}
-        with grpc.insecure_channel(p.endpoint) as ch:
-            kv = rpc.KVStub(ch)
-            m = rpc.MaintenanceStub(ch)
-            err = None
-            for i in range(2000):
-                key, value = b"fill/%05d" % i, os.urandom(1000)
-                try:
-                    kv.Put(pb.PutRequest(key=key, value=value), timeout=10)
-                    acked[key] = value
-                except grpc.RpcError as exc:
-                    err = exc
-                    break
-            assert err is not None, "the disk never filled"
-            assert len(acked) > 100
-            assert "No space left on device" in (err.details() or "")
-            alarms = m.Alarm(pb.AlarmRequest(action=pb.AlarmRequest.GET)).alarms
-            assert [a.alarm for a in alarms] == [pb.NOSPACE]
-            # writes are refused with a clear error, reads still work
-            with pytest.raises(grpc.RpcError) as info:
-                kv.DeleteRange(pb.DeleteRangeRequest(key=b"fill/00000"))
-            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-            assert "disarm" in (info.value.details() or "")
-            with pytest.raises(grpc.RpcError) as info:
-                kv.Put(pb.PutRequest(key=b"more", value=b"x"))
-            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert kv.Range(pb.RangeRequest(key=b"fill/00000")).kvs[0].value == acked[b"fill/00000"]
-            # space comes back; the operator disarms; the daemon reopens the store
-            ballast.unlink()
-            ctl_ok(p.endpoint, "alarm", "disarm")
-            assert ctl_ok(p.endpoint, "alarm", "list").strip() == ""
-            kv.Put(pb.PutRequest(key=b"after", value=b"recovered"))
-            got = {x.key: x.value for x in kv.Range(pb.RangeRequest(key=b"fill/", range_end=b"fill0")).kvs}
-            missing = [k for k in acked if got.get(k) != acked[k]]
-            assert not missing, f"{len(missing)} acknowledged writes lost"
-        p.stop()
-        # and everything acknowledged is on disk after a restart
-        p = start_metastore(mnt / "data")
-        with grpc.insecure_channel(p.endpoint) as ch:
-            kv = rpc.KVStub(ch)
-            resp = kv.Range(pb.RangeRequest(key=b"fill/", range_end=b"fill0", count_only=True))
-            assert resp.count >= len(acked)
-            assert kv.Range(pb.RangeRequest(key=b"after")).kvs[0].value == b"recovered"
-    finally:
-        if p is not None:
-            p.stop()
-        subprocess.run(["umount", str(mnt)], check=False)
 
 
 def test_auto_compaction_periodic(tmp_path: Path) -> None:

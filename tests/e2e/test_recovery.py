@@ -48,6 +48,7 @@ def test_thousand_injected_panics_counted_and_survived(tmp_path: Path) -> None:
             'grpc_service="metastore.testing.Faults",grpc_type="unary"} 1000.0' in body
         )
         assert p.output().count("panic recovered in /metastore.testing.Faults/Panic") == 1000
+        assert "method=/metastore.testing.Faults/Panic" in p.output()  # the request's context, a field
         assert "Traceback" in p.output()
     finally:
         assert p.stop() == 0

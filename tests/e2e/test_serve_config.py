@@ -3,6 +3,7 @@ and a bad value stops the start with one line and exit code 2."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -45,11 +46,10 @@ def assert_refused(r: subprocess.CompletedProcess[str], tmp_path: Path, message:
 
 
 @pytest.mark.parametrize("flag", ["--listen-client-urls", "--listen-metrics-urls"])
-def test_https_url_is_refused_at_start(tmp_path: Path, flag: str) -> None:
+def test_https_url_without_a_certificate_is_refused_at_start(tmp_path: Path, flag: str) -> None:
     url = f"https://127.0.0.1:{free_port()}"
     r = serve(tmp_path, flag, url)
-    reason = "TLS is not supported yet (it comes with the auth/TLS work); use http://"
-    assert_refused(r, tmp_path, f"{flag} {url}: {reason}")
+    assert_refused(r, tmp_path, f"{url} needs --cert-file and --key-file, or --auto-tls")
 
 
 @pytest.mark.parametrize(
@@ -94,12 +94,44 @@ def test_yaml_keys_are_the_flag_names(tmp_path: Path, monkeypatch: pytest.Monkey
         "shutdown-timeout: 5\nunsafe-no-fsync: true\nmax_connections: 1234\n"
     )
     monkeypatch.setenv("METASTORE_MAX_CONNECTIONS", "4321")  # env beats the file
-    p = start_metastore(tmp_path / "data", "--config-file", str(path), "--max-concurrent-requests", "78")
+    p = start_metastore(
+        tmp_path / "data",
+        *("--config-file", str(path), "--max-concurrent-requests", "78", "--log-format", "json"),
+    )
     try:
         s = stats(p.endpoint)
         assert (s.memory_max_bytes, s.requests_max, s.connections_max) == (512 << 20, 78, 4321)
     finally:
         assert p.stop() == 0
+    # one JSON object per line, ours and the libraries' alike, with etcd's keys
+    records = [json.loads(line) for line in p.output().splitlines()]
+    assert all({"level", "ts", "caller", "msg"} <= r.keys() for r in records)
+    # the effective configuration, each value with where it came from
+    config = next(r["config"] for r in records if r["msg"] == "effective configuration")
+    assert config["--max-memory"] == f"536870912 (file {path})"
+    assert config["--max-connections"] == "4321 (env METASTORE_MAX_CONNECTIONS)"
+    assert config["--max-concurrent-requests"] == "78 (flag)"
+    assert config["--max-txn-ops"] == "128 (default)"
+    assert config["--unsafe-no-fsync"] == f"true (file {path})"
+    assert any(r["level"] == "warn" and "--unsafe-no-fsync" in r["msg"] for r in records)
+    phases = [r["phase"] for r in records if "phase" in r]
+    assert phases == ["stop-accepting", "drain", "persist-state", "close-resources"]
+
+
+def test_an_unusable_data_dir_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "data").write_text("not a directory\n")
+    r = serve(tmp_path)
+    assert r.returncode == 1
+    assert r.stderr.splitlines()[-1] == f"Error: data dir {tmp_path / 'data'} is not a directory"
+
+
+def test_a_damaged_leveldb_is_one_line(tmp_path: Path) -> None:
+    p = start_metastore(tmp_path / "data")
+    assert p.stop() == 0
+    (tmp_path / "data" / "db" / "CURRENT").write_text("MANIFEST-999999\n")
+    last = serve(tmp_path).stderr.splitlines()[-1]
+    assert last.startswith(f"Error: cannot open LevelDB at {tmp_path / 'data' / 'db'}: Corruption: ")
+    assert "b'Corruption" not in last  # LevelDB's words, decoded
 
 
 def test_help_groups_the_options() -> None:

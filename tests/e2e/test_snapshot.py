@@ -5,6 +5,14 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -12,10 +20,13 @@ import pytest
 from typer.testing import CliRunner
 
 from metastore_cli.main import app
+from metastore_core.mvcc.store import MVCCStore
 from metastore_core.pb.etcdserverpb import rpc_pb2 as pb
 from metastore_core.pb.etcdserverpb import rpc_pb2_grpc as rpc
+from metastore_core.storage import snapshot as S
+from metastore_core.storage.memory import MemoryStorage
 
-from conftest import etcdctl, start_metastore
+from conftest import ROOT, etcdctl, start_metastore
 
 pytestmark = pytest.mark.peer
 
@@ -63,8 +74,9 @@ def dump(endpoint: str, rev: int) -> list[tuple[bytes, bytes, int, int, int, int
     return [(k.key, k.value, k.create_revision, k.mod_revision, k.version, k.lease) for k in resp.kvs]
 
 
-def test_round_trip_save_verify_restore_serve(tmp_path: Path) -> None:
-    src = start_metastore(tmp_path / "src")
+@pytest.mark.parametrize("fmt", ["etcd", "metastore"])
+def test_round_trip_save_verify_restore_serve(tmp_path: Path, fmt: str) -> None:
+    src = start_metastore(tmp_path / "src", "--snapshot-format", fmt)
     try:
         lease, rev = populate(src.endpoint)
         before = {r: dump(src.endpoint, r) for r in (rev - 100, rev - 37, rev)}
@@ -84,12 +96,14 @@ def test_round_trip_save_verify_restore_serve(tmp_path: Path) -> None:
         assert r.returncode == 0, r.stderr
         assert r.stdout.strip() == f"Snapshot saved at {snap}"
         assert not Path(str(snap) + ".part").exists()
+        assert stat.S_IMODE(snap.stat().st_mode) == 0o600  # every key and value: private, as etcdctl
         # a snapshot is the store at one point: both say the same revision and keys
         for f in (via_etcdctl, snap):
             r = metastore("snapshot", "verify", str(f), "-w", "json")
             assert r.returncode == 0, r.stderr
             info = json.loads(r.stdout)
             assert info["valid"] and info["revision"] == rev and info["compact_revision"] == rev - 100
+            assert info["format"] == fmt
     finally:
         src.stop()
 
@@ -156,5 +170,67 @@ def test_save_needs_exactly_one_reachable_endpoint(tmp_path: Path) -> None:
     r = metastore(
         "snapshot", "save", str(tmp_path / "x"), "--endpoints", "127.0.0.1:1", "--dial-timeout", "0.5"
     )
-    assert r.returncode == 2
+    assert r.returncode == 7
     assert not (tmp_path / "x").exists() and not (tmp_path / "x.part").exists()
+
+
+class _Stalling(rpc.MaintenanceServicer):
+    """A Snapshot stream that sends one chunk and then stalls, to be interrupted mid-way."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def Snapshot(
+        self, request: pb.SnapshotRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.SnapshotResponse]:
+        yield pb.SnapshotResponse(remaining_bytes=1 << 20, blob=b"x" * 65536)  # past the write buffer
+        self.release.wait(30)
+
+
+def test_ctrl_c_during_save_leaves_no_partial_file(tmp_path: Path) -> None:
+    servicer = _Stalling()
+    server = grpc.server(ThreadPoolExecutor(2))
+    rpc.add_MaintenanceServicer_to_server(servicer, server)
+    ep = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+    server.start()
+    snap = tmp_path / "s.snap"
+    part = tmp_path / "s.snap.part"
+    try:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "metastore_cli",
+                "snapshot",
+                "save",
+                str(snap),
+                f"--endpoints={ep}",
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        deadline = time.monotonic() + 20
+        while not (part.exists() and part.stat().st_size) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert stat.S_IMODE(part.stat().st_mode) == 0o600
+        os.kill(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=10)
+    finally:
+        servicer.release.set()
+        server.stop(0)
+    assert proc.returncode == 130, err
+    assert err == "Error: interrupted: no snapshot saved\n"
+    assert not part.exists() and not snap.exists()
+
+
+def test_restore_moves_its_progress_bar_through_both_passes(tmp_path: Path) -> None:
+    store = MVCCStore(MemoryStorage())
+    store.load()
+    snap = tmp_path / "s.snap"
+    with open(snap, "wb") as f:
+        S.write(store.storage.view(), f)
+    size = snap.stat().st_size
+    seen: list[int] = []
+    S.restore(snap, tmp_path / "restored", progress=seen.append)
+    assert seen == sorted(seen) and seen[-1] == 2 * size  # verify, then the writes

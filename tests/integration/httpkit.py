@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import h11
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from metastore_core.server.healthcheck import Probes
 from metastore_core.server.http import HttpEndpoint, Limits
 
 
@@ -104,17 +105,26 @@ class Client:
 
 @dataclass
 class Daemon:
-    """The health figures an endpoint reads, set by the test: active alarms and a not-ready reason."""
+    """The health figures an endpoint reads, set by the test: active alarms and failing checks."""
 
     alarms: set[str] = field(default_factory=set)
-    not_ready: str = ""
+    failing: dict[str, str] = field(default_factory=dict)  # check name -> why it fails
 
     def health(self, exclude: set[str]) -> tuple[bool, str]:
         active = sorted(self.alarms - exclude)
         return (False, "ALARM " + ",".join(active)) if active else (True, "")
 
-    def ready(self) -> tuple[bool, str]:
-        return (not self.not_ready, self.not_ready)
+    def check(self, name: str) -> tuple[str, Callable[[], Awaitable[str | None]]]:
+        async def run() -> str | None:
+            return self.failing.get(name)
+
+        return name, run
+
+    def probes(self) -> list[Probes]:
+        return [
+            Probes("livez", [self.check("serializable_read")]),
+            Probes("readyz", [self.check("data_corruption"), self.check("shutdown")]),
+        ]
 
 
 @contextlib.asynccontextmanager
@@ -126,7 +136,7 @@ async def metrics_port(
     Counter("demo_requests", "Requests seen.", ["code"], registry=registry).labels("200").inc(3)
     Histogram("demo_seconds", "Time taken.", registry=registry).observe(0.25)
     daemon = daemon or Daemon()
-    endpoint = HttpEndpoint(registry, daemon.health, daemon.ready, limits)
+    endpoint = HttpEndpoint(registry, daemon.health, daemon.probes(), limits)
     await endpoint.start("127.0.0.1", 0)
     try:
         yield endpoint

@@ -42,13 +42,24 @@ async def test_health_follows_alarms_and_exclude(port: int, daemon: Daemon) -> N
     await client.close()
 
 
-async def test_readyz_and_livez(port: int, daemon: Daemon) -> None:
+async def test_readyz_and_livez_as_etcd_answers_them(port: int, daemon: Daemon) -> None:
     client = await Client.open(port)
     ready = await client.get("/readyz")
     assert (ready.status, ready.text, ready.headers["content-type"]) == (200, "ok\n", "text/plain")
-    daemon.not_ready = "shutting down"
-    assert (await client.get("/readyz")).text == "shutting down\n"
-    assert (await client.get("/livez")).text == "ok\n"
+    verbose = await client.get("/readyz?verbose")
+    assert verbose.text == "[+]data_corruption ok\n[+]shutdown ok\nok\n"
+    daemon.failing["shutdown"] = "shutting down"
+    failed = await client.get("/readyz")  # a failure lists every check, verbose or not
+    assert (failed.status, failed.text) == (
+        503,
+        "[+]data_corruption ok\n[-]shutdown failed: shutting down\n\n",
+    )
+    assert (await client.get("/readyz?exclude=shutdown")).status == 200
+    assert (await client.get("/readyz/data_corruption")).text == "ok\n"
+    assert (await client.get("/readyz/shutdown")).status == 503
+    assert (await client.get("/readyz/nope")).status == 404
+    live = await client.get("/livez?verbose")
+    assert (live.status, live.text) == (200, "[+]serializable_read ok\nok\n")
     await client.close()
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from metastore_core.engine.alarms import Alarms
 from metastore_core.engine.apply import Applier
-from metastore_core.engine.entry import Entry
+from metastore_core.engine.entry import AuthInfo, Entry
 from metastore_core.engine.lease import Lessor
 from metastore_core.mvcc.store import MVCCStore
 from metastore_core.pb.etcdserverpb import rpc_pb2 as pb
@@ -26,12 +26,14 @@ class Engine:
         self.alarms = Alarms(self.store)
         self.alarms.load()
         self.applier = Applier(self.store, self.lessor, self.alarms, lambda: self.now)
+        self.auth = self.applier.auth
+        self.auth.load()
 
-    def write(self, command: Any) -> Any:
+    def write(self, command: Any, auth: AuthInfo | None = None) -> Any:
         """Apply command as the next entry, choosing a lease ID first as the member does."""
         if isinstance(command, pb.LeaseGrantRequest) and command.ID == 0:
             command = pb.LeaseGrantRequest(ID=self.lessor.new_id(), TTL=command.TTL)
-        resp = self.applier.apply(Entry(self.store.consistent_index + 1, 1, command))
+        resp = self.applier.apply(Entry(self.store.consistent_index + 1, 1, command, auth))
         self.commit()
         return resp
 

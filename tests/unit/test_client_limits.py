@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from metastore_core import errors
+from metastore_core.engine.auth import ANONYMOUS
 from metastore_core.engine.entry import AuthInfo
 from metastore_core.server.connections import Conn, Connections, _addr, reserve, scan
 from metastore_core.server.layers.clients import ClientLimits, client_key
@@ -20,7 +21,7 @@ class PeerCall(Call):
     __slots__ = ("_peer",)
 
     def __init__(self, peer: str) -> None:
-        self.auth = None
+        self.auth = ANONYMOUS  # what the auth layer sets for a call that named no user
         self._peer = peer
 
     def peer(self) -> str:
@@ -45,7 +46,7 @@ def test_a_client_is_its_host_or_its_user() -> None:
     assert client_key(PeerCall("ipv6:[::1]:40000")) == "ipv6:[::1]"
     assert client_key(PeerCall("unix:/run/m.sock")) == "unix:/run/m.sock"
     call = PeerCall("ipv4:10.0.0.7:53412")
-    call.auth = AuthInfo("alice", 3)  # what the auth layer will set
+    call.auth = AuthInfo("alice", 3)  # an authenticated call
     assert client_key(call) == "user:alice"
 
 

@@ -95,21 +95,31 @@ async def test_a_lone_write_after_a_quiet_spell_is_durable_when_it_returns() -> 
 
 
 @pytest.mark.parametrize("inline", [True, False], ids=["inline", "writer-thread"])
+@pytest.mark.parametrize(
+    ("error", "alarms", "remedy"),
+    [
+        ("No space left on device", ["NOSPACE"], "alarm is disarmed"),
+        ("Input/output error", [], "takes writes again"),  # a failing disk is not corrupt data
+        ("Read-only file system", [], "takes writes again"),
+    ],
+    ids=["full", "eio", "read-only"],
+)
 async def test_a_failed_batch_acknowledges_none_of_its_writes(
-    inline: bool, monkeypatch: pytest.MonkeyPatch
+    inline: bool, error: str, alarms: list[str], remedy: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if not inline:
         monkeypatch.setattr(committer, "IDLE_S", 1e9)  # never idle long enough: always the thread
     storage = CountingStorage()
     node = node_on(storage)
-    storage.fail_next_write = OSError("IO error: 000003.log: Input/output error")
+    storage.fail_next_write = OSError(f"IO error: 000003.log: {error}")
     results = await asyncio.gather(
         *(node.write(pb.PutRequest(key=b"k%d" % i, value=b"v")) for i in range(5)), return_exceptions=True
     )
-    # The batch's own writes fail UNAVAILABLE; later ones meet the CORRUPT alarm the I/O error raised.
+    # The batch's own writes fail UNAVAILABLE; later ones meet the alarm the failure raised.
     assert isinstance(results[0], errors.StorageFailed) and "storage failed" in str(results[0])
-    assert all(isinstance(r, (errors.StorageFailed, errors.Corrupt)) for r in results), results
+    assert remedy in str(results[0])
+    assert all(isinstance(r, (errors.StorageFailed, errors.NoSpace)) for r in results), results
     assert [await count(node, b"k%d" % i) for i in range(5)] == [0] * 5
-    assert node.figures.alarm_names() == ["CORRUPT"]  # raised through apply before the writers heard
+    assert node.figures.alarm_names() == alarms  # raised through apply before the writers heard
     assert on_disk(storage, *(b"k%d" % i for i in range(5))) == [0] * 5
     node.close()

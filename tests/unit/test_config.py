@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import subprocess
 import sys
 from dataclasses import fields
@@ -18,13 +19,25 @@ from metastore_core.config import (
     SETTINGS,
     Config,
     ConfigError,
+    effective,
     host_port,
     load_config,
+    load_config_traced,
 )
 from metastore_core.setting import Setting, show
 
 # A valid value for string settings that have no fixed choices.
-TEXT_SAMPLES = {"name": "member-1", "auto-compaction-retention": "7"}
+TEXT_SAMPLES = {
+    "name": "member-1",
+    "auto-compaction-retention": "7",
+    "experimental-distributed-tracing-address": "collector:4317",
+    "experimental-distributed-tracing-service-name": "kv-store",
+    "experimental-distributed-tracing-instance-id": "member-1",
+    "auth-token": "jwt,pub-key=/etc/metastore/jwt.pub,sign-method=ES256",
+    "cert-file": "/etc/metastore/server.pem",
+    "key-file": "/etc/metastore/server-key.pem",
+    "trusted-ca-file": "/etc/metastore/ca.pem",
+}
 
 
 def sample(s: Setting) -> Any:
@@ -207,14 +220,13 @@ def test_bad_values_are_refused_naming_flag_and_value(
 @pytest.mark.parametrize(
     ("url", "reason"),
     [
-        ("https://127.0.0.1:2379", "TLS is not supported yet (it comes with the auth/TLS work); use http://"),
-        ("unix://127.0.0.1:2379", "unix:// is not supported; use http://"),
-        ("http://127.0.0.1", "want http://HOST:PORT"),
-        ("http://127.0.0.1:99999", "want http://HOST:PORT"),
-        ("http://127.0.0.1:2379/v3", "want http://HOST:PORT"),
+        ("unix://127.0.0.1:2379", "unix:// is not supported; use http:// or https://"),
+        ("http://127.0.0.1", "want http://HOST:PORT or https://HOST:PORT"),
+        ("https://127.0.0.1:99999", "want http://HOST:PORT or https://HOST:PORT"),
+        ("http://127.0.0.1:2379/v3", "want http://HOST:PORT or https://HOST:PORT"),
     ],
 )
-def test_urls_must_be_plain_http(flag: str, url: str, reason: str) -> None:
+def test_urls_must_be_http_or_https(flag: str, url: str, reason: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(None, {flag: f"http://127.0.0.1:1,{url}"}, env={})
     assert str(info.value) == f"--{flag} {url}: {reason}"
@@ -223,11 +235,61 @@ def test_urls_must_be_plain_http(flag: str, url: str, reason: str) -> None:
 def test_urls_accepted() -> None:
     cfg = load_config(None, {"listen-client-urls": "http://127.0.0.1:1, [::1]:2,HTTP://localhost:3/"}, env={})
     assert [host_port(u) for u in cfg.listen_client_urls] == ["127.0.0.1:1", "[::1]:2", "localhost:3"]
-    with pytest.raises(ValueError, match="TLS is not supported yet"):
-        host_port("https://127.0.0.1:1")
+    assert host_port("https://127.0.0.1:1") == "127.0.0.1:1"
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            {"listen-client-urls": "https://127.0.0.1:1"},
+            "https://127.0.0.1:1 needs --cert-file and --key-file, or --auto-tls",
+        ),
+        (
+            {"listen-metrics-urls": "HTTPS://127.0.0.1:1"},
+            "HTTPS://127.0.0.1:1 needs --cert-file and --key-file, or --auto-tls",
+        ),
+        ({"cert-file": "/c.pem"}, "--cert-file and --key-file go together"),
+        (
+            {"client-cert-auth": "true"},
+            "--client-cert-auth needs --trusted-ca-file to verify client certificates",
+        ),
+    ],
+)
+def test_tls_options_go_together(flags: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, flags, env={})
+    assert str(info.value) == message
+    load_config(None, {"listen-client-urls": "https://127.0.0.1:1", "auto-tls": "true"}, env={})
 
 
 def test_config_imports_no_io_or_cli_framework() -> None:
     code = "import sys, metastore_core.config; print(sorted({m.split('.')[0] for m in sys.modules}))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert not {"grpc", "asyncio", "typer", "click", "rich"} & set(ast.literal_eval(loaded))
+
+
+def test_sources_name_where_each_value_came_from(tmp_path: Path) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_text("max-txn-ops: 64\nname: from-file\n")
+    env = {"METASTORE_NAME": "from-env", "METASTORE_PRESET": "safe"}
+    config, sources = load_config_traced(path, {"log_level": "debug"}, env)
+    assert config.name == "from-env" and config.max_txn_ops == 64 and config.log_level == "debug"
+    assert sources["name"] == "env METASTORE_NAME"
+    assert sources["max-txn-ops"] == f"file {path}"
+    assert sources["log-level"] == "flag"
+    assert sources["max-memory"] == "preset safe"  # the safe preset sets it
+    assert sources["backend"] == "default"
+    shown = effective(config, sources)
+    assert (
+        shown["--max-memory"] == "1073741824 (preset safe)"
+        and shown["--name"] == "from-env (env METASTORE_NAME)"
+    )
+    assert "--test-faults" not in shown  # hidden, and not set
+
+
+def test_secrets_are_masked_in_the_effective_configuration() -> None:
+    name = dataclasses.replace(BY_FLAG["name"], secret=True)  # stands in for a password setting
+    config = Config(name="hunter2")
+    assert effective(config, {"name": "flag"}, (name,)) == {"--name": "****** (flag)"}
+    assert effective(Config(name=""), {}, (name,)) == {"--name": "(unset) (default)"}

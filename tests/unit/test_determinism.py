@@ -17,10 +17,11 @@ from metastore_core import errors
 from metastore_core.engine import reads
 from metastore_core.engine.alarms import Alarms
 from metastore_core.engine.apply import Applier
-from metastore_core.engine.entry import Entry
+from metastore_core.engine.entry import AuthInfo, Entry
 from metastore_core.engine.lease import Lessor
 from metastore_core.engine.reads import run
 from metastore_core.mvcc.store import MVCCStore
+from metastore_core.pb.authpb import auth_pb2 as apb
 from metastore_core.pb.etcdserverpb import rpc_pb2 as pb
 from metastore_core.storage import layout as L
 from metastore_core.storage.memory import MemoryStorage
@@ -39,6 +40,7 @@ class Member:
         self.alarms = Alarms(self.store)
         self.alarms.load()
         self.applier = Applier(self.store, self.lessor, self.alarms, lambda: self.now)
+        self.applier.auth.load()
 
     def apply(self, entry: Entry, in_steps: bool = False) -> str:
         """Apply and commit one entry; 'ok' or the refusal's class name (and the response)."""
@@ -85,11 +87,41 @@ def _txn(rnd: random.Random, leases: list[int], depth: int = 0) -> pb.TxnRequest
     )
 
 
+USERS = ("root", "alice", "bob")
+HASH = "$2b$04$" + "x" * 53  # hashed before proposing; apply only stores it
+
+
+def _auth_command(rnd: random.Random) -> Any:
+    """Auth changes, in any order: many are refused (no such user, root missing), alike on both."""
+    name, role = rnd.choice(USERS), rnd.choice(("root", "r1", "r2"))
+    perm = apb.Permission(permType=rnd.randrange(3), key=_key(rnd), range_end=rnd.choice([b"", b"key0"]))
+    return rnd.choice(
+        [
+            pb.AuthUserAddRequest(name=name, hashedPassword=HASH),
+            pb.AuthUserDeleteRequest(name=name),
+            pb.AuthUserChangePasswordRequest(name=name, hashedPassword=HASH[:-1] + "y"),
+            pb.AuthUserGrantRoleRequest(user=name, role=role),
+            pb.AuthUserRevokeRoleRequest(name=name, role=role),
+            pb.AuthRoleAddRequest(name=role),
+            pb.AuthRoleDeleteRequest(role=role),
+            pb.AuthRoleGrantPermissionRequest(name=role, perm=perm),
+            pb.AuthRoleRevokePermissionRequest(role=role, key=perm.key, range_end=perm.range_end),
+            pb.AuthEnableRequest(),
+            pb.AuthDisableRequest(),
+        ]
+    )
+
+
 def commands(seed: int, n: int = 120) -> list[Any]:
     """A random log: everything random (lease IDs) was chosen by the proposer, as the rules say."""
     rnd = random.Random(seed)
     leases: list[int] = []
     out: list[Any] = []
+    if rnd.random() < 0.7:  # often a root that can enable auth, so permissions come into play
+        out += [
+            pb.AuthUserAddRequest(name="root", hashedPassword=HASH),
+            pb.AuthUserGrantRoleRequest(user="root", role="root"),
+        ]
     rev = 1
     for _ in range(n):
         roll = rnd.random()
@@ -114,9 +146,11 @@ def commands(seed: int, n: int = 120) -> list[Any]:
         elif roll < 0.88:
             rev += rnd.randrange(1, 6)
             out.append(pb.CompactionRequest(revision=rev))  # may be refused (future): same on both
-        elif roll < 0.94:
+        elif roll < 0.91:
             action = rnd.choice([pb.AlarmRequest.ACTIVATE, pb.AlarmRequest.DEACTIVATE])
             out.append(pb.AlarmRequest(action=action, memberID=rnd.randrange(3), alarm=rnd.choice([1, 2])))
+        elif roll < 0.97:
+            out.append(_auth_command(rnd))
         else:
             out.append(pb.PutRequest(key=_key(rnd), value=b"x", lease=123456789))  # unknown lease: refused
     return out
@@ -131,8 +165,15 @@ def test_the_same_log_leaves_the_same_bytes_on_every_member(seed: int) -> None:
     copy.write(list(snapshot.scan(b"", b"\xff")))
     a, b = Member(snapshot, now=0.0), Member(copy, now=98765.4321)
     outcomes_a, outcomes_b = [], []
+    rnd = random.Random(seed)
     for index, command in enumerate(commands(seed), start=1):
-        entry = Entry(index, 1, command)
+        # who proposed it: the member itself, or a user with the auth revision it saw, maybe stale
+        auth = (
+            None
+            if rnd.random() < 0.5
+            else AuthInfo(rnd.choice(USERS), a.applier.auth.revision - rnd.randrange(2))
+        )
+        entry = Entry(index, 1, command, auth)
         outcomes_a.append(a.apply(entry))
         outcomes_b.append(b.apply(entry))
     assert outcomes_a == outcomes_b
@@ -140,6 +181,10 @@ def test_the_same_log_leaves_the_same_bytes_on_every_member(seed: int) -> None:
     assert any(not o.startswith("ok") for o in outcomes_a)  # both paths were taken
     assert a.contents() == b.contents()
     assert a.store.consistent_index == b.store.consistent_index == len(outcomes_a)
+    assert (a.applier.auth.revision, a.applier.auth.enabled) == (
+        b.applier.auth.revision,
+        b.applier.auth.enabled,
+    )
 
 
 @settings(max_examples=30, deadline=None)

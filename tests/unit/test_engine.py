@@ -8,6 +8,7 @@ import pytest
 
 from metastore_core import errors
 from metastore_core.engine.ranges import range_at
+from metastore_core.mvcc.store import MVCCStore
 from metastore_core.pb.etcdserverpb import rpc_pb2 as pb
 from metastore_core.storage import layout as L
 from metastore_core.storage.leveldb import LevelDBStorage
@@ -167,3 +168,17 @@ def test_crc_records_detect_flips() -> None:
     storage.write([(skey, bytes(rec))])
     with pytest.raises(L.CorruptRecord):
         Engine(storage)  # loading reads every record and checks its CRC
+
+
+def test_a_load_reports_its_progress() -> None:
+    """A large store loads for seconds: the member logs how far it got (every N records)."""
+    storage = MemoryStorage()
+    e = Engine(storage)
+    for i in range(10):
+        e.write(pb.PutRequest(key=b"k%d" % i, value=b"v"))
+    store = MVCCStore(storage)
+    store.LOAD_PROGRESS_EVERY = 3
+    seen: list[tuple[int, int]] = []
+    assert store.load(lambda records, revision: seen.append((records, revision))) == 10
+    assert [r for r, _ in seen] == [3, 6, 9]
+    assert [rev for _, rev in seen] == sorted(rev for _, rev in seen) and seen[-1][1] <= 11

@@ -17,6 +17,7 @@ from metastore_core.server.lifecycle import PHASES, Lifecycle
 from metastore_core.server.methods import Call, MethodInfo, method_info
 from metastore_core.server.status import GO_NAMES, Code
 from metastore_core.storage import layout as L
+from metastore_core.storage.base import StorageError
 from metastore_core.storage.memory import MemoryStorage
 from metastore_core.storage.scrub import scrub
 
@@ -88,6 +89,33 @@ async def test_timeout_forces_the_remaining_phases() -> None:
 async def test_unknown_phase_refused() -> None:
     with pytest.raises(ValueError, match="unknown shutdown phase"):
         Lifecycle(1).on("later", "x", asyncio.sleep)  # type: ignore[arg-type]
+
+
+async def test_a_second_signal_forces_the_exit_only_while_a_shutdown_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def exit_code(lc: Lifecycle) -> int:
+        with pytest.raises(SystemExit) as info:
+            lc._second_signal(15, None)
+        return int(info.value.code)  # type: ignore[arg-type]
+
+    def fake_exit(code: int) -> None:
+        raise SystemExit(code)
+
+    monkeypatch.setattr("os._exit", fake_exit)
+    monkeypatch.setattr("os.write", lambda fd, data: len(data))
+    lc = Lifecycle(timeout_s=5)
+    assert exit_code(lc) == 130  # mid-shutdown (or stuck): forced
+    await lc.run()
+    assert exit_code(lc) == 0  # the phases are over, cleanly: the exit code stays 0
+    failing = Lifecycle(timeout_s=5)
+
+    async def broken() -> None:
+        raise OSError("disk gone")
+
+    failing.on(PHASES[2], "persist", broken)
+    await failing.run()
+    assert exit_code(failing) == 1  # over, not clean: 1, as the shutdown itself returns
 
 
 # ---------------------------------------------------------------------- limits
@@ -192,6 +220,27 @@ async def test_recovery_layer_maps_panics_and_counts() -> None:
         await fn(None, Call())
     assert rec.validation_error_count == 1 and rec.panic_count == 1
     assert metrics.methods[1].handled[Code.INVALID_ARGUMENT] == 1
+
+
+async def test_recovery_layer_answers_a_failed_disk_unavailable_and_corrupt_data_data_loss() -> None:
+    rec = Recovery()
+    reported: list[Exception] = []
+    rec.on_corrupt = reported.append
+    for exc, want in [
+        (
+            StorageError("LevelDB at /d/db is closed: reopening it failed (No space left on device)"),
+            errors.Unavailable,
+        ),
+        (L.CorruptRecord("LevelDB: Corruption: block checksum mismatch"), errors.Corrupt),
+    ]:
+
+        async def failing(request: Any, call: Call, exc: Exception = exc) -> None:
+            raise exc
+
+        with pytest.raises(want) as info:
+            await rec.layer(RequestMetrics())(_info("/etcdserverpb.KV/Range"), failing)(None, Call())
+        assert want is errors.Corrupt or "storage unavailable (LevelDB at /d/db is closed" in info.value.text
+    assert rec.panic_count == 0 and len(reported) == 1
 
 
 async def test_safe_spawn_with_restart_gives_up_after_max() -> None:

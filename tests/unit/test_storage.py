@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from metastore_core.storage import Storage
+from metastore_core.storage import Storage, StorageError
 from metastore_core.storage.leveldb import LevelDBStorage
 from metastore_core.storage.memory import MemoryStorage
 
@@ -79,3 +79,23 @@ def test_leveldb_survives_reopen(tmp_path: Path) -> None:
     s2 = LevelDBStorage(tmp_path / "db")
     assert s2.get(b"a") == b"1"
     s2.close()
+
+
+def test_leveldb_reopen_never_creates_a_store_and_a_failed_one_leaves_clear_errors(tmp_path: Path) -> None:
+    s = LevelDBStorage(tmp_path / "db")
+    s.write([(b"a", b"1")], sync=True)
+    (tmp_path / "db" / "CURRENT").rename(tmp_path / "CURRENT.away")
+    with pytest.raises(StorageError, match="does not exist"):
+        s.reopen()  # an empty store here would lose everything: refused instead
+    with pytest.raises(StorageError, match="closed: reopening it failed"):
+        s.get(b"a")
+    assert s.size_in_use() > 0  # figures still answer
+    (tmp_path / "CURRENT.away").rename(tmp_path / "db" / "CURRENT")
+    s.reopen()
+    assert s.get(b"a") == b"1"
+    s.close()
+
+
+def test_leveldb_refuses_to_create_a_store_unless_asked(tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match="create_if_missing is false"):
+        LevelDBStorage(tmp_path / "db", create=False)

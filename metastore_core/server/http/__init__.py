@@ -1,16 +1,17 @@
 """HTTP/1.1 on h11: a transport-free core (`Request` -> `Response`, `Router`), a thin asyncio shell
 (`HttpServer`, one `Connection` per socket, under `Limits`), and the metrics port's routes."""
 
-from metastore_core.server.http.errors import BadRequest, BodyTooLarge, HeadTooLarge, HttpError
+from metastore_core.server.http.errors import BadRequest, BodyTooLarge, Busy, HeadTooLarge, HttpError
 from metastore_core.server.http.limits import Limits
 from metastore_core.server.http.messages import Request, Response
-from metastore_core.server.http.metrics_port import HealthFn, HttpEndpoint, MetricsRoutes, ReadyFn
+from metastore_core.server.http.metrics_port import HealthFn, HttpEndpoint, MetricsRoutes, ProbeSet
 from metastore_core.server.http.router import Handler, Route, Router
 from metastore_core.server.http.server import HttpServer
 
 __all__ = [
     "BadRequest",
     "BodyTooLarge",
+    "Busy",
     "Handler",
     "HeadTooLarge",
     "HealthFn",
@@ -19,7 +20,7 @@ __all__ = [
     "HttpServer",
     "Limits",
     "MetricsRoutes",
-    "ReadyFn",
+    "ProbeSet",
     "Request",
     "Response",
     "Route",

@@ -32,3 +32,10 @@ class HeadTooLarge(HttpError):
 
     status = 431
     message = "request header fields too large"
+
+
+class Busy(HttpError):
+    """Too many request bytes held at once by the port as a whole; the client may retry."""
+
+    status = 503
+    message = "too many request bodies in flight; retry"

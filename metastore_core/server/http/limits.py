@@ -27,3 +27,25 @@ class Limits:
     max_connections: int = 256
     # Bytes asked of the socket per read; also the stream reader's buffer limit.
     read_size: int = 16 << 10
+    # Request-body bytes all connections together may hold at once (0: only the per-request
+    # cap); past it a request is refused with 503, so many large bodies at once cannot
+    # exhaust memory while each stays under max_body_bytes.
+    max_bodies_bytes: int = 0
+
+
+class BodyBudget:
+    """The request-body bytes a port's connections hold at once, against `Limits.max_bodies_bytes`."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, n: int) -> bool:
+        """Count n more bytes, unless that passes the limit (then nothing is counted)."""
+        if self.limit and self.held + n > self.limit:
+            return False
+        self.held += n
+        return True
+
+    def give(self, n: int) -> None:
+        self.held -= n

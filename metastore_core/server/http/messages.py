@@ -15,19 +15,28 @@ Body = bytes | AsyncIterator[bytes]
 
 @dataclass(frozen=True)
 class Request:
-    """One HTTP request with its body read whole (the shell caps its size); header names are lowercase."""
+    """One HTTP request with its body read whole (the shell caps its size); header names are lowercase.
+
+    `peer` names the client as gRPC does ("ipv4:127.0.0.1:5000"); `common_name` is the CN of the
+    client certificate the TLS layer verified, or "".
+    """
 
     method: str
     path: str
     query: dict[str, list[str]] = field(default_factory=dict)
     headers: Headers = ()
     body: bytes = b""
+    peer: str = ""
+    common_name: str = ""
 
     @classmethod
-    def from_target(cls, method: str, target: str, headers: Headers = (), body: bytes = b"") -> Request:
-        """Split a request target such as `/health?exclude=NOSPACE` into path and query."""
+    def from_target(
+        cls, method: str, target: str, headers: Headers = (), body: bytes = b"", **client: str
+    ) -> Request:
+        """Split a request target such as `/health?exclude=NOSPACE` into path and query (a bare
+        `?verbose` is kept, with the value "")."""
         url = urlsplit(target)
-        return cls(method, url.path, parse_qs(url.query), headers, body)
+        return cls(method, url.path, parse_qs(url.query, keep_blank_values=True), headers, body, **client)
 
     def header(self, name: str) -> str | None:
         """The first value of a header, by case-insensitive name."""

@@ -28,8 +28,9 @@ SWEEP_S = 10.0
 
 def client_key(call: Call) -> str:
     """'user:NAME' when authenticated, else the peer without its port ('ipv4:10.0.0.7')."""
-    if call.auth is not None:
-        return "user:" + call.auth.user
+    auth = call.auth
+    if auth is not None and auth.user:  # with auth off every call is ANONYMOUS: the host decides
+        return "user:" + auth.user
     peer = call.peer()
     host, sep, port = peer.rpartition(":")
     return host if sep and port.isdigit() else peer

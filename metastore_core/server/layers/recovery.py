@@ -5,7 +5,8 @@ domain error becomes errors.Internal ("internal server error: panic
 recovered") for that one request, is logged with its stack, counted, and
 handed to the configured handlers; the process keeps serving. A record that
 fails its CRC check becomes errors.Corrupt and is reported (the member raises
-the CORRUPT alarm). The same layer counts validation failures
+the CORRUPT alarm); any other storage failure becomes errors.Unavailable
+naming it (a disk problem is no panic). The same layer counts validation failures
 (INVALID_ARGUMENT) and feeds the request metrics, so one wrapper observes
 every call's final code.
 
@@ -29,6 +30,7 @@ from metastore_core import errors
 from metastore_core.server.layers.metrics import RequestMetrics
 from metastore_core.server.methods import Behaviour, Call, Layer, MethodInfo
 from metastore_core.server.status import Code, code_of
+from metastore_core.storage.base import StorageError
 from metastore_core.storage.layout import CorruptRecord
 
 log = logging.getLogger("metastore.recovery")
@@ -63,6 +65,7 @@ class Recovery:
     def __init__(self) -> None:
         self.panic_count = 0
         self.validation_error_count = 0
+        self.oversize_count = 0  # refused as larger than --max-request-bytes
         self.task_failures = 0
         self.handlers: list[PanicHandler] = []
         self.on_corrupt: Callable[[CorruptRecord], None] | None = None
@@ -73,7 +76,7 @@ class Recovery:
     def panic(self, where: str, exc: BaseException) -> None:
         """Record one recovered exception: log with stack, count, notify."""
         self.panic_count += 1
-        log.error("panic recovered in %s: %r", where, exc, exc_info=exc)
+        log.error("panic recovered in %s: %r", where, exc, exc_info=exc, extra={"method": where})
         for handler in self.handlers:
             try:
                 handler(where, exc)
@@ -85,6 +88,9 @@ class Recovery:
         if isinstance(exc, CorruptRecord):
             self.corrupt(exc)
             return errors.Corrupt()
+        if isinstance(exc, StorageError):  # the disk failed, not the code: no panic, and retryable
+            log.error("storage failed in %s: %s", where, exc)
+            return errors.Unavailable(f"etcdserver: storage unavailable ({exc})")
         self.panic(where, exc)
         return errors.Internal()
 
@@ -94,6 +100,8 @@ class Recovery:
             code = code_of(exc)
             if code is _INVALID:
                 self.validation_error_count += 1
+                if isinstance(exc, errors.RequestTooLarge):
+                    self.oversize_count += 1
             return code, None
         if not isinstance(exc, Exception):  # cancelled (the client went away), generator closed
             return _CANCELLED, None

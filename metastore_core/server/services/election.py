@@ -30,7 +30,7 @@ class ElectionService:
         rev, existing = await self.contenders.join(prefix, key, r.value, r.lease, call.auth)
         if existing is not None and existing.value != r.value:
             await self._proclaim(key, rev, r.lease, r.value, call.auth)
-        await self.contenders.wait_turn(prefix, rev)
+        await self.contenders.wait_turn(prefix, rev, call.auth)
         resp = epb.CampaignResponse(leader=epb.LeaderKey(name=r.name, key=key, rev=rev, lease=r.lease))
         self.node.header(resp.header)
         return resp
@@ -50,7 +50,7 @@ class ElectionService:
         return resp
 
     async def Leader(self, r: epb.LeaderRequest, call: Call) -> epb.LeaderResponse:
-        kv = await self.contenders.oldest(r.name + b"/")
+        kv = await self.contenders.oldest(r.name + b"/", call.auth)
         if kv is None:
             raise errors.NoLeader()
         resp = epb.LeaderResponse(kv=kv)
@@ -61,7 +61,7 @@ class ElectionService:
         prefix = r.name + b"/"
         last: tuple[bytes, int] | None = None
         while True:
-            kv = await self.contenders.oldest(prefix)
+            kv = await self.contenders.oldest(prefix, call.auth)
             if kv is not None and (kv.key, kv.mod_revision) != last:
                 last = (kv.key, kv.mod_revision)
                 resp = epb.LeaderResponse(kv=kv)

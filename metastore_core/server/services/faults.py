@@ -27,8 +27,7 @@ from google.protobuf import empty_pb2, wrappers_pb2
 from metastore_core.member.node import Node
 from metastore_core.pb.etcdserverpb import rpc_pb2
 from metastore_core.server.healthcheck import CheckResult, HealthMonitor
-from metastore_core.server.methods import Call, method_info
-from metastore_core.server.rpc import Method
+from metastore_core.server.methods import Call, Method, method_info
 
 SERVICE = "metastore.testing.Faults"
 ENV = "METASTORE_TEST_FAULTS"

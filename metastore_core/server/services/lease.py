@@ -62,7 +62,7 @@ class LeaseService:
             self._streams.discard(stream)
 
     async def LeaseTimeToLive(self, r: pb.LeaseTimeToLiveRequest, call: Call) -> pb.LeaseTimeToLiveResponse:
-        return self.node.lease_time_to_live(r)
+        return self.node.lease_time_to_live(r, call.auth)
 
     async def LeaseLeases(self, r: pb.LeaseLeasesRequest, call: Call) -> pb.LeaseLeasesResponse:
         return self.node.lease_leases()

@@ -33,7 +33,7 @@ class LockService:
         key = prefix + b"%x" % lease
         my_rev, _ = await self.contenders.join(prefix, key, b"", lease, call.auth)
         try:
-            await self.contenders.wait_turn(prefix, my_rev)
+            await self.contenders.wait_turn(prefix, my_rev, call.auth)
         except asyncio.CancelledError:
             # the caller gave up: leave no key behind to block the others
             await self.node.write(pb.DeleteRangeRequest(key=key), call.auth)

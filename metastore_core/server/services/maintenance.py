@@ -21,7 +21,7 @@ class MaintenanceService:
         return self.node.status()
 
     async def Alarm(self, r: pb.AlarmRequest, call: Call) -> pb.AlarmResponse:
-        return await self.node.alarm(r)
+        return await self.node.alarm(r, call.auth)
 
     async def Defragment(self, r: pb.DefragmentRequest, call: Call) -> pb.DefragmentResponse:
         return await self.node.defragment()

@@ -29,6 +29,7 @@ from metastore_core.member.node import Node
 from metastore_core.pb.etcdserverpb import rpc_pb2 as pb
 from metastore_core.server.looplag import LoopLag
 from metastore_core.server.methods import Call
+from metastore_core.server.status import GO_NAMES, code_of
 
 TAKE = 256  # responses taken from the session per send-loop turn
 PACE_FROM_S = 0.005  # a loop later than this makes streams gather events before sending...
@@ -76,7 +77,8 @@ class WatchService:
         async def receive() -> None:
             try:
                 async for req in requests:
-                    control.extend(session.receive(req))
+                    refused = self._refused(req, call)
+                    control.extend(session.receive(req) if refused is None else [refused])
                     wake.set()
             finally:
                 wake.set()
@@ -126,6 +128,24 @@ class WatchService:
             self._streams.discard(wake)
             if not self._streams:
                 self._ended.set()
+
+    def _refused(self, req: pb.WatchRequest, call: Call) -> pb.WatchResponse | None:
+        """A create the caller may not read: etcd's canceled reply, in request order."""
+        if req.WhichOneof("request_union") != "create_request":
+            return None
+        c = req.create_request
+        try:
+            self.node.check_watch(call.auth, c.key, c.range_end)
+        except errors.MetastoreError as exc:
+            resp = pb.WatchResponse(
+                watch_id=-1,
+                created=True,
+                canceled=True,
+                cancel_reason=f"rpc error: code = {GO_NAMES[code_of(exc)]} desc = {exc.text}",
+            )
+            self.node.header(resp.header)
+            return resp
+        return None
 
     async def close(self, timeout: float = 2.0) -> None:
         """Shutdown: end every open Watch stream (UNAVAILABLE) before the server stops."""

@@ -106,6 +106,7 @@ class GetStatsResponse(_message.Message):
     SERVING_FIELD_NUMBER: _builtins.int
     HEALTH_REASONS_FIELD_NUMBER: _builtins.int
     PID_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     """metastore's own version"""
     etcd_api_version: _builtins.str
@@ -172,6 +173,10 @@ class GetStatsResponse(_message.Message):
     def health_reasons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """failing checkers, "name: reason" """
 
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """exposure: plaintext or auth off on a non-loopback URL"""
+
     def __init__(
         self,
         *,
@@ -216,10 +221,11 @@ class GetStatsResponse(_message.Message):
         serving: _builtins.bool = ...,
         health_reasons: _abc.Iterable[_builtins.str] | None = ...,
         pid: _builtins.int = ...,
+        warnings: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_streams", b"active_streams", "alarms", b"alarms", "backend", b"backend", "busiest_clients", b"busiest_clients", "client_rate", b"client_rate", "client_refused_in_flight", b"client_refused_in_flight", "client_refused_rate", b"client_refused_rate", "client_requests_max", b"client_requests_max", "clients", b"clients", "cluster_id", b"cluster_id", "compact_revision", b"compact_revision", "connections_closed_idle", b"connections_closed_idle", "connections_current", b"connections_current", "connections_max", b"connections_max", "connections_refused", b"connections_refused", "db_size_bytes", b"db_size_bytes", "etcd_api_version", b"etcd_api_version", "health_reasons", b"health_reasons", "key_count", b"key_count", "last_shutdown", b"last_shutdown", "last_shutdown_reason", b"last_shutdown_reason", "leases", b"leases", "loop_lag_peak_seconds", b"loop_lag_peak_seconds", "loop_lag_seconds", b"loop_lag_seconds", "member_id", b"member_id", "memory_max_bytes", b"memory_max_bytes", "memory_used_bytes", b"memory_used_bytes", "panic_count", b"panic_count", "pid", b"pid", "requests_current", b"requests_current", "requests_max", b"requests_max", "requests_peak", b"requests_peak", "requests_refused", b"requests_refused", "revision", b"revision", "serving", b"serving", "slow_watchers", b"slow_watchers", "uptime_seconds", b"uptime_seconds", "validation_error_count", b"validation_error_count", "version", b"version", "watch_streams", b"watch_streams", "watchers", b"watchers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_streams", b"active_streams", "alarms", b"alarms", "backend", b"backend", "busiest_clients", b"busiest_clients", "client_rate", b"client_rate", "client_refused_in_flight", b"client_refused_in_flight", "client_refused_rate", b"client_refused_rate", "client_requests_max", b"client_requests_max", "clients", b"clients", "cluster_id", b"cluster_id", "compact_revision", b"compact_revision", "connections_closed_idle", b"connections_closed_idle", "connections_current", b"connections_current", "connections_max", b"connections_max", "connections_refused", b"connections_refused", "db_size_bytes", b"db_size_bytes", "etcd_api_version", b"etcd_api_version", "health_reasons", b"health_reasons", "key_count", b"key_count", "last_shutdown", b"last_shutdown", "last_shutdown_reason", b"last_shutdown_reason", "leases", b"leases", "loop_lag_peak_seconds", b"loop_lag_peak_seconds", "loop_lag_seconds", b"loop_lag_seconds", "member_id", b"member_id", "memory_max_bytes", b"memory_max_bytes", "memory_used_bytes", b"memory_used_bytes", "panic_count", b"panic_count", "pid", b"pid", "requests_current", b"requests_current", "requests_max", b"requests_max", "requests_peak", b"requests_peak", "requests_refused", b"requests_refused", "revision", b"revision", "serving", b"serving", "slow_watchers", b"slow_watchers", "uptime_seconds", b"uptime_seconds", "validation_error_count", b"validation_error_count", "version", b"version", "warnings", b"warnings", "watch_streams", b"watch_streams", "watchers", b"watchers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
