@@ -43,12 +43,14 @@ class LineFormatter(logging.Formatter):
     """A Formatter whose records are one line each, plus indented traceback lines."""
 
     def format(self, record: logging.LogRecord) -> str:
-        msg, args = record.msg, record.args
-        record.msg, record.args = escape(record.getMessage()), None
+        # exc_text is a cache another handler may have filled with the raw traceback: ours is made
+        # anew, and every field is put back for the other handlers
+        msg, args, exc_text = record.msg, record.args, record.exc_text
+        record.msg, record.args, record.exc_text = escape(record.getMessage()), None, None
         try:
             return super().format(record)
         finally:
-            record.msg, record.args = msg, args
+            record.msg, record.args, record.exc_text = msg, args, exc_text
 
     def formatException(self, ei: Any) -> str:
         return _indented(super().formatException(ei))

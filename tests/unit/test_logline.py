@@ -13,9 +13,12 @@ FORGED = "bye\n2026-01-01 00:00:00,000 INFO metastore: stopped\r\x1b[2J\u2028x"
 
 def _logged(emit: object) -> list[str]:
     out = io.StringIO()
+    # a plain handler first, as pytest's or a library's: it caches the raw traceback on the record
+    plain = logging.StreamHandler(io.StringIO())
     handler = logging.StreamHandler(out)
     handler.setFormatter(LineFormatter("%(levelname)s %(name)s: %(message)s"))
     log = logging.getLogger("test.logline")
+    log.addHandler(plain)
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False
@@ -23,6 +26,7 @@ def _logged(emit: object) -> list[str]:
         emit(log)  # type: ignore[operator]
     finally:
         log.removeHandler(handler)
+        log.removeHandler(plain)
     return out.getvalue().splitlines()
 
 
