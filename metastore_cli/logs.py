@@ -22,6 +22,8 @@ import time
 from pathlib import PurePath
 from typing import Any, TextIO
 
+from metastore_core.server.logline import LineFormatter, escape
+
 # every attribute a plain LogRecord has: anything else on a record came in through extra=
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 _LEVELS = {"WARNING": "warn", "CRITICAL": "fatal"}  # zap's names for the two that differ
@@ -66,9 +68,10 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str, separators=(",", ":"))
 
 
-class ConsoleFormatter(logging.Formatter):
+class ConsoleFormatter(LineFormatter):
     """A record as text: time, level, logger, message, then key=value fields (a dict field as an
-    indented block, one item per line: the effective configuration)."""
+    indented block, one item per line: the effective configuration). Every value is escaped as
+    the message is (server/logline.py): no client text can begin a line of its own."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -78,9 +81,9 @@ class ConsoleFormatter(logging.Formatter):
         blocks = []
         for key, value in fields(record).items():
             if isinstance(value, dict):
-                blocks += [f"    {k} = {_plain(v)}" for k, v in value.items()]
+                blocks += [f"    {escape(str(k))} = {escape(_plain(v))}" for k, v in value.items()]
             else:
-                text += f" {key}={_plain(value)}"
+                text += f" {key}={escape(_plain(value))}"
         return "\n".join([text, *blocks]) if blocks else text
 
 

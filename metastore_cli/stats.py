@@ -64,9 +64,35 @@ def rows(s: admin_pb2.GetStatsResponse) -> list[tuple[str, str, str]]:
         ("daemon", "alarms", alarms),
         *[("daemon", "WARNING", w) for w in s.warnings],
         ("limits", "connections", f"{s.connections_current} / {s.connections_max}"),
+        (
+            "limits",
+            "connections refused",
+            f"{s.connections_refused} calls, {s.connections_closed_idle} closed idle before the handshake",
+        ),
         ("limits", "requests in flight", f"{s.requests_current} / {s.requests_max} (peak {s.requests_peak})"),
         ("limits", "requests refused", str(s.requests_refused)),
         ("limits", "open streams", str(s.active_streams)),
+        (
+            "limits",
+            "per client",
+            f"{s.client_requests_max or 'no'} in flight, "
+            + (f"{s.client_rate:g}/s" if s.client_rate else "no rate limit")
+            + f"; {s.clients} clients, refused {s.client_refused_in_flight} in flight "
+            f"+ {s.client_refused_rate} rate",
+        ),
+        *(
+            (
+                "limits",
+                f"client {c.client}",
+                f"{c.in_flight} in flight, {c.requests} calls, {c.refused} refused",
+            )
+            for c in s.busiest_clients
+        ),
+        (
+            "limits",
+            "event loop lag",
+            f"{s.loop_lag_seconds * 1000:.1f} ms (peak {s.loop_lag_peak_seconds * 1000:.1f})",
+        ),
         (
             "limits",
             "memory",
@@ -80,7 +106,7 @@ def rows(s: admin_pb2.GetStatsResponse) -> list[tuple[str, str, str]]:
         ("storage", "compact revision", str(s.compact_revision)),
         ("storage", "keys", str(s.key_count)),
         ("storage", "db size", human_bytes(s.db_size_bytes)),
-        ("watch/lease", "watchers", f"{s.watchers} on {s.watch_streams} streams"),
+        ("watch/lease", "watchers", f"{s.watchers} on {s.watch_streams} streams, {s.slow_watchers} behind"),
         ("watch/lease", "leases", str(s.leases)),
     ]
     if s.last_shutdown:

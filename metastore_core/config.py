@@ -167,6 +167,18 @@ class Config:
             check=HTTP_URL,
         ),
     )
+    listen_admin_urls: list[str] = declare(
+        [],
+        Setting(
+            "listen-admin-urls",
+            NETWORK,
+            "gRPC addresses serving only health checks and the admin service; none by default.",
+            check=HTTP_URL,
+            more="Their own listener with its own connections (at most 64), so gRPC health probes "
+            "and metastore health, stats and stop reach the daemon even while its client port "
+            "is flooded with sockets; bind it where only operators and probes reach it.",
+        ),
+    )
     listen_metrics_urls: list[str] = declare(
         ["http://127.0.0.1:2381"],
         Setting(
@@ -244,7 +256,13 @@ class Config:
     max_txn_ops: int = declare(
         128,
         Setting(
-            "max-txn-ops", REQUESTS, "Most compares, or operations per branch, in one txn.", check=at_least(1)
+            "max-txn-ops",
+            REQUESTS,
+            "Most compares, or operations per branch, in one txn.",
+            check=at_least(1),
+            more="Nested txns count toward the level holding them (a nested txn is one operation "
+            "plus its own), so the branch path that runs holds at most this many; etcd counts "
+            "each level alone.",
         ),
     )
     max_request_bytes: int = declare(
@@ -256,6 +274,20 @@ class Config:
             check=at_least(KiB),
             metavar="BYTES",
             more='Larger ones get INVALID_ARGUMENT "etcdserver: request is too large".',
+        ),
+    )
+    max_response_bytes: int = declare(
+        256 * MiB,
+        Setting(
+            "max-response-bytes",
+            REQUESTS,
+            "Largest reply (a Range or a Txn's reads), in bytes.",
+            check=at_least(64 * KiB),
+            metavar="BYTES",
+            more='A read that would build more gets RESOURCE_EXHAUSTED "etcdserver: response is too '
+            'large" as soon as it passes the limit (etcd refuses replies over its 2 GiB gRPC send '
+            "limit); page with limit, or ask for keys_only or count_only. Big reads are built in "
+            "steps that let other requests run between them.",
         ),
     )
     max_key_bytes: int = declare(
@@ -382,9 +414,14 @@ class Config:
         Setting(
             "max-connections",
             NETWORK,
-            "Client connections at once; the next one is closed at accept.",
+            "Client connections at once; calls on connections past it are refused.",
             check=at_least(1),
             presets={"high-load": 50_000, "safe": 5_000},
+            more="Past it a new connection's calls get RESOURCE_EXHAUSTED naming this flag, "
+            "while health checks and the admin service still answer on a reserve of 1 % more "
+            "connections (at least 32); past that reserve grpc closes new connections at "
+            "accept. Under pressure, connections that have not sent the HTTP/2 preface within "
+            "a second are closed (long before --connection-timeout).",
         ),
     )
     connection_timeout_s: float = declare(
@@ -430,6 +467,40 @@ class Config:
             more="Above it a call is refused at once with RESOURCE_EXHAUSTED naming the limit. "
             "Streams (watch, keep-alive) never take these slots; health and the admin service are "
             "not limited.",
+        ),
+    )
+    max_client_requests: int = declare(
+        2_500,
+        Setting(
+            "max-client-requests",
+            RELIABILITY,
+            "Unary calls in flight at once from one client; 0 = no per-client cap.",
+            check=at_least(0),
+            presets={"high-load": 10_000, "safe": 1_000},
+            more="A client is its host (every connection from one address), or its user once "
+            "auth is on. Past the cap its next call is refused at once with RESOURCE_EXHAUSTED "
+            "naming this flag, and other clients go on: by default one client may take half of "
+            "--max-concurrent-requests, never all of it.",
+        ),
+    )
+    client_rate: float = declare(
+        0.0,
+        Setting(
+            "client-rate",
+            RELIABILITY,
+            "Calls a second one client may make (a token bucket); 0 = no rate limit.",
+            check=at_least(0),
+            more="Every call and stream opened takes a token; an empty bucket refuses with "
+            "RESOURCE_EXHAUSTED naming this flag. Health and the admin service are not limited.",
+        ),
+    )
+    client_burst: int = declare(
+        0,
+        Setting(
+            "client-burst",
+            RELIABILITY,
+            "Tokens a client's bucket holds (calls it may make at once); 0 = one second's worth.",
+            check=at_least(0),
         ),
     )
     max_memory_bytes: int = declare(

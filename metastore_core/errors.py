@@ -126,6 +126,46 @@ class TooManyRequests(MetastoreError):
         )
 
 
+class ClientTooManyRequests(MetastoreError):
+    """One client has more unary calls in flight than --max-client-requests."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"etcdserver: too many requests from this client: limit of {limit} concurrent requests "
+            "per client reached (--max-client-requests)"
+        )
+
+
+class ClientRateLimited(MetastoreError):
+    """One client called faster than --client-rate allows (its token bucket is empty)."""
+
+    def __init__(self, rate: float) -> None:
+        super().__init__(
+            f"etcdserver: too many requests from this client: limit of {rate:g} requests per second "
+            "per client reached (--client-rate)"
+        )
+
+
+class TooManyConnections(MetastoreError):
+    """A call on a connection opened while the daemon held --max-connections client connections."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"etcdserver: too many connections: limit of {limit} client connections reached "
+            "(--max-connections)"
+        )
+
+
+class ResponseTooLarge(MetastoreError):
+    """A reply would exceed --max-response-bytes (etcd's gRPC refuses replies over its send limit)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"etcdserver: response is too large: more than {limit} bytes (--max-response-bytes); "
+            "ask for less (limit, keys_only, count_only) or page through the range"
+        )
+
+
 class RequestTimeout(MetastoreError):
     message = "etcdserver: request timed out"
 

@@ -24,6 +24,16 @@ ROOT = Path(__file__).resolve().parent.parent
 # One start-up probe for tests and benchmarks: a Range that answers with anything but UNAVAILABLE.
 wait_ready = first_range
 
+# Every server a test started: one a failed test left running is killed when the session ends.
+_started: list[subprocess.Popen[bytes]] = []
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    for proc in _started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
 
 @dataclass
 class Proc:
@@ -79,6 +89,7 @@ def start_metastore(data_dir: Path, *extra: str, port: int | None = None, ready:
     ]
     with open(log, "wb") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+    _started.append(proc)
     p = Proc(endpoint, data_dir, proc, log, args, metrics)
     if ready:
         try:
@@ -118,6 +129,7 @@ def start_etcd(data_dir: Path, peer: int | None = None) -> Proc:
     ]
     with open(log, "wb") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+    _started.append(proc)
     p = Proc(endpoint, data_dir, proc, log, args)
     try:
         wait_ready(endpoint, proc)

@@ -17,40 +17,18 @@ from collections.abc import Callable
 from typing import Any
 
 from metastore_core import errors
+from metastore_core.engine import reads
 from metastore_core.engine.alarms import Alarms
 from metastore_core.engine.auth import AuthStore
 from metastore_core.engine.entry import Entry
 from metastore_core.engine.lease import Lessor
 from metastore_core.engine.ranges import range_at
+from metastore_core.engine.reads import Steps, compare_steps, live_chunks, range_steps, run
+from metastore_core.mvcc.index import KeyHistory
 from metastore_core.mvcc.store import MVCCStore, WriteTxn
 from metastore_core.pb.etcdserverpb import rpc_pb2 as pb
-from metastore_core.pb.mvccpb.kv_pb2 import KeyValue
 
-_EMPTY_KV = KeyValue()
-_TARGET_FIELD = {
-    pb.Compare.VERSION: "version",
-    pb.Compare.CREATE: "create_revision",
-    pb.Compare.MOD: "mod_revision",
-    pb.Compare.LEASE: "lease",
-}
-
-
-def _compare_kv(c: pb.Compare, kv: KeyValue) -> bool:
-    if c.target == pb.Compare.VALUE:
-        a: Any = kv.value
-        b: Any = c.value
-    else:
-        name = _TARGET_FIELD[c.target]
-        a = getattr(kv, name)
-        b = getattr(c, name) if c.WhichOneof("target_union") == name else 0
-    r = c.result
-    if r == pb.Compare.EQUAL:
-        return bool(a == b)
-    if r == pb.Compare.NOT_EQUAL:
-        return bool(a != b)
-    if r == pb.Compare.GREATER:
-        return bool(a > b)
-    return bool(a < b)
+NO_LIMIT = 1 << 62  # a write txn's reads are not cut half-way (it is applied whole or not at all)
 
 
 class OpCounts:
@@ -95,6 +73,21 @@ class Applier:
             pb.AlarmRequest: self.alarm,
             **self.auth.handlers(),
         }
+        self._steps: dict[type, Callable[[Any], Steps[Any]]] = {
+            pb.DeleteRangeRequest: self.delete_range_steps,
+            pb.TxnRequest: self.txn_steps,
+            pb.LeaseRevokeRequest: self.lease_revoke_steps,
+        }
+
+    def apply_steps(self, entry: Entry) -> Steps[Any]:
+        """apply(), yielding between chunks of a long command's work (member/single.py drives it
+        holding every other change to the store back, so the steps are one atomic apply)."""
+        steps = self._steps.get(type(entry.command))
+        if steps is None:
+            return self.apply(entry)
+        self.store.consistent_index = entry.index
+        self.auth.check_entry(entry.auth, entry.command)
+        return (yield from steps(entry.command))
 
     def apply(self, entry: Entry) -> Any:
         """Apply one entry; returns its command's response (header revision set).
@@ -151,44 +144,44 @@ class Applier:
 
     # ------------------------------------------------------------------ delete
     def delete_range(self, r: pb.DeleteRangeRequest) -> pb.DeleteRangeResponse:
+        return run(self.delete_range_steps(r))
+
+    def delete_range_steps(self, r: pb.DeleteRangeRequest) -> Steps[pb.DeleteRangeResponse]:
         txn = self.store.begin()
-        resp = self._delete(txn, r)
+        resp = yield from self._delete(txn, r)
         self.ops.deletes += 1
         return resp
 
-    def _delete(self, txn: WriteTxn, r: pb.DeleteRangeRequest) -> pb.DeleteRangeResponse:
+    def _delete(self, txn: WriteTxn, r: pb.DeleteRangeRequest) -> Steps[pb.DeleteRangeResponse]:
         s = self.store
         resp = pb.DeleteRangeResponse()
-        doomed = [(k, h) for k, h in s.index.histories(r.key, r.range_end) if h.alive]
-        for k, h in doomed:
+        doomed: list[tuple[bytes, int, KeyHistory]] = []
+        for live in live_chunks(s, r.key, r.range_end, s.applied_rev):  # alive now: newest entry
+            doomed.extend(live)
+            yield
+        for i, (k, _, h) in enumerate(doomed, 1):
             if r.prev_kv:
                 resp.prev_kvs.append(s.kv(h.entries[-1], h))
             if h.lease:
                 self.lessor.detach(h.lease, k)
             txn.delete(k, h)
+            if i % reads.STEP == 0:
+                yield
         resp.deleted = len(doomed)
         resp.header.revision = txn.rev if txn.changed else s.applied_rev
         return resp
 
     # ------------------------------------------------------------------ txn
-    def _compare(self, c: pb.Compare) -> bool:
-        s = self.store
-        rev = s.applied_rev
-        found = False
-        for _, e, h in s.live(c.key, c.range_end, rev):
-            found = True
-            if not _compare_kv(c, s.kv(e, h)):
-                return False
-        if not found:
-            return c.target != pb.Compare.VALUE and _compare_kv(c, _EMPTY_KV)
-        return True
-
-    def _path(self, r: pb.TxnRequest, path: list[bool]) -> None:
-        ok = all(self._compare(c) for c in r.compare)
+    def _path(self, r: pb.TxnRequest, path: list[bool]) -> Steps[None]:
+        ok = True
+        for c in r.compare:
+            if not (yield from compare_steps(self.store, c, self.store.applied_rev)):
+                ok = False
+                break
         path.append(ok)
         for op in r.success if ok else r.failure:
             if op.WhichOneof("request") == "request_txn":
-                self._path(op.request_txn, path)
+                yield from self._path(op.request_txn, path)
 
     def _check_ops(self, r: pb.TxnRequest, path: list[bool], i: int) -> int:
         ops = r.success if path[i] else r.failure
@@ -209,13 +202,16 @@ class Applier:
         return i
 
     def txn(self, r: pb.TxnRequest) -> pb.TxnResponse:
+        return run(self.txn_steps(r))
+
+    def txn_steps(self, r: pb.TxnRequest) -> Steps[pb.TxnResponse]:
         path: list[bool] = []
-        self._path(r, path)
+        yield from self._path(r, path)
         self._check_ops(r, path, 0)
         txn = self.store.begin()
         resp = pb.TxnResponse()
         before = self.ops.total
-        self._run_txn(txn, r, path, 0, resp)
+        yield from self._run_txn(txn, r, path, 0, resp)
         if self.ops.total - before > 1:
             self.ops.txns += 1
         resp.header.revision = txn.rev if txn.changed else self.store.applied_rev
@@ -223,31 +219,62 @@ class Applier:
 
     def _run_txn(
         self, txn: WriteTxn, r: pb.TxnRequest, path: list[bool], i: int, resp: pb.TxnResponse
-    ) -> int:
+    ) -> Steps[int]:
         ok = path[i]
         i += 1
         resp.succeeded = ok
+        s = self.store
         for op in r.success if ok else r.failure:
             out = resp.responses.add()
             kind = op.WhichOneof("request")
             if kind == "request_range":
                 rr = op.request_range
-                cur = txn.rev if txn.changed else self.store.applied_rev
-                res = range_at(self.store, rr, rr.revision if rr.revision > 0 else cur)
+                cur = txn.rev if txn.changed else s.applied_rev
+                at = rr.revision if rr.revision > 0 else cur
+                res = out.response_range
+                if s.index.span(rr.key, rr.range_end) <= reads.STEP:
+                    res.CopyFrom(range_at(s, rr, at))
+                else:  # a long one in steps; a write txn's reply is checked once it is durable
+                    body = yield from range_steps(s, rr, at, NO_LIMIT)
+                    for part in body.parts:
+                        res.MergeFromString(part)
+                        yield
                 res.header.revision = cur
-                out.response_range.CopyFrom(res)
                 self.ops.ranges += 1
             elif kind == "request_put":
                 out.response_put.CopyFrom(self._put(txn, op.request_put))
                 self.ops.puts += 1
             elif kind == "request_delete_range":
-                out.response_delete_range.CopyFrom(self._delete(txn, op.request_delete_range))
+                out.response_delete_range.CopyFrom((yield from self._delete(txn, op.request_delete_range)))
                 self.ops.deletes += 1
             else:
                 inner = out.response_txn
                 inner.header.SetInParent()
-                i = self._run_txn(txn, op.request_txn, path, i, inner)
+                i = yield from self._run_txn(txn, op.request_txn, path, i, inner)
         return i
+
+    def work(self, command: Any) -> int:
+        """About how many keys applying command walks, in O(log n): a long one goes in steps."""
+        t = type(command)
+        index = self.store.index
+        if t is pb.DeleteRangeRequest:
+            return index.span(command.key, command.range_end)
+        if t is pb.TxnRequest:
+            n = sum(index.span(c.key, c.range_end) for c in command.compare)
+            for op in (*command.success, *command.failure):
+                kind = op.WhichOneof("request")
+                if kind == "request_range" or kind == "request_delete_range":
+                    inner = getattr(op, kind)
+                    n += index.span(inner.key, inner.range_end)
+                elif kind == "request_txn":
+                    n += self.work(op.request_txn)
+                else:
+                    n += 1
+            return n
+        if t is pb.LeaseRevokeRequest:
+            lease = self.lessor.get(command.ID)
+            return len(lease.keys) if lease is not None else 0
+        return 1
 
     # ------------------------------------------------------------------ compact
     def compact(self, r: pb.CompactionRequest) -> pb.CompactionResponse:
@@ -266,12 +293,17 @@ class Applier:
         return resp
 
     def lease_revoke(self, r: pb.LeaseRevokeRequest) -> pb.LeaseRevokeResponse:
+        return run(self.lease_revoke_steps(r))
+
+    def lease_revoke_steps(self, r: pb.LeaseRevokeRequest) -> Steps[pb.LeaseRevokeResponse]:
         lease = self.lessor.remove(r.ID)
         txn = self.store.begin()
-        for key in sorted(lease.keys):
+        for i, key in enumerate(sorted(lease.keys), 1):
             h = self.store.index.get(key)
             if h is not None and h.alive and h.lease == r.ID:
                 txn.delete(key, h)
+            if i % reads.STEP == 0:
+                yield
         resp = pb.LeaseRevokeResponse()
         resp.header.revision = txn.rev if txn.changed else self.store.applied_rev
         return resp

@@ -34,14 +34,19 @@ Rules (etcd 3.4/3.5 behaviour unless noted):
 Slow consumers (etcd's unsynced/victim watchers, made per watcher here):
     A synced watcher buffers live responses up to `buffer_events` events. When
     a revision does not fit, the watcher stops taking live events and becomes a
-    *victim*: it keeps what it buffered, and once the stream has drained that
-    it replays the missed revisions from the store, like a watcher with a past
-    start_revision, until it is in sync again. Memory per watcher is bounded by
-    the buffer whatever the consumer does. A victim that falls more than
-    `max_lag_revisions` revisions behind the store is cancelled with
-    `cancel_reason` = SLOW_REASON (after the responses it already buffered, so
-    a client resumes from its last revision + 1 with nothing missing). If the
-    history it needs is compacted meanwhile, it is cancelled as compacted.
+    *victim*: it drops what it buffered and, once its stream can send again,
+    replays everything from the first revision it had not handed out, from the
+    store, like a watcher with a past start_revision, until it is in sync
+    again. Memory per watcher is bounded by the buffer whatever the consumer
+    does, and a victim holds no events at all. Only synced watchers are in the
+    hub's key and range index, so a victim (or any watcher catching up) costs
+    a write nothing: 200 stalled streams leave the fan-out as cheap as none
+    (benchmarks/stalled_watchers.py). A victim that has fallen more than
+    `max_lag_revisions` revisions behind the store when its stream drains is
+    cancelled with `cancel_reason` = SLOW_REASON (after the responses it
+    already buffered, so a client resumes from its last revision + 1 with
+    nothing missing). If the history it needs is compacted meanwhile, it is
+    cancelled as compacted.
 """
 
 from __future__ import annotations
@@ -200,8 +205,9 @@ class WatchHub:
 
     @property
     def unsynced_count(self) -> int:
-        """Watchers not yet caught up with the store (from a past revision, or fallen behind)."""
-        return sum(1 for s in self.sessions for w in s.watchers.values() if not w.synced)
+        """Watchers not in sync with the store (from a past revision, or fallen behind: out of
+        the fan-out until they catch up)."""
+        return sum(1 for s in self.sessions for w in s.watchers.values() if not w.synced and not w.closing)
 
     def _add(self, w: Watcher) -> None:
         if w.single_key:
@@ -255,11 +261,6 @@ class WatchHub:
         for w, evs in matched.items():
             if w.closing or rev < w.next_rev:
                 continue
-            if not w.synced:
-                if w.victim and rev - w.next_rev + 1 > self.limits.max_lag_revisions:
-                    w.session._too_slow(w, rev)
-                    woken.add(w.session)
-                continue
             if len(evs) == len(events):  # the whole revision: share one prepared list
                 vkey = (w.prev_kv, w.noput, w.nodelete)
                 prepared = variants.get(vkey)
@@ -303,11 +304,18 @@ class WatchHub:
         return full
 
     def _make_victim(self, w: Watcher, rev: int) -> None:
-        """w's buffer is full: stop live delivery; it catches up from the store from rev."""
+        """w's buffer is full: stop live delivery; it catches up from the store later.
+
+        What it buffered is dropped and replayed from the store too: a stalled stream then
+        holds nothing (held events cost memory and every garbage collection's walk)."""
+        first = next((e[0] for e in w.buffer if e[3] is not None), rev)  # oldest live revision
+        w.buffer.clear()
+        w.buffered_events = w.buffered_bytes = 0
         w.synced = False
         w.victim = True
-        w.next_rev = rev
+        w.next_rev = min(first, rev)
         self.victims_total += 1
+        self._remove(w)  # out of the fan-out until it has caught up: it costs writes nothing
         w.session._ready[w] = None
 
     # ------------------------------------------------------------ progress
@@ -377,10 +385,11 @@ class WatchSession:
             return [created, self._compacted(wid, floor)]
         w = Watcher(self, wid, req, max(start, 1))
         self.watchers[wid] = w
-        self.hub._add(w)
         if w.next_rev <= current:
-            w.synced = False
+            w.synced = False  # replays from the store first; joins the fan-out once in sync
             self._ready[w] = None
+        else:
+            self.hub._add(w)
         return [created]
 
     def _compacted(self, wid: int, compact_rev: int | None = None) -> pb.WatchResponse:
@@ -510,6 +519,7 @@ class WatchSession:
                 return
         w.synced = True
         w.victim = False
+        hub._add(w)  # every revision up to current is handed out: live events from here on
 
     def _scan(self, w: Watcher, lo: int, hi: int, max_bytes: int) -> tuple[list[Event], int]:
         """w's events in revisions lo..hi, stopping at a revision boundary past max_bytes."""

@@ -30,7 +30,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 from metastore_core import errors
@@ -49,6 +49,7 @@ T = TypeVar("T")
 IDLE_S = 0.0005  # no commit for this long: the next write goes inline
 SLOW_WRITE_S = 0.05  # a batch write slower than this...
 SLOW_BACKOFF_S = 60.0  # ...keeps writes off the event loop for this long
+INLINE_MAX = 256  # a bigger batch (a delete of many keys) is always written on the writer thread
 RETRY_S = 2.0  # a store that failed a write (not corrupt) is tried again this often (guard.py)
 
 
@@ -78,7 +79,8 @@ class Committer:
         self._thread.start()
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._running = False
-        self._hold = False  # set while a rollback runs: drain nothing
+        self._hold = False  # set while a rollback runs, or a command is applied in steps: drain nothing
+        self._exclusive = asyncio.Lock()  # held while one command is applied in steps
         self._task: asyncio.Task[None] | None = None
         self._last_done = 0.0  # monotonic time the last batch became durable
         self._inline_from = 0.0  # no inline writes before this (set by a slow write)
@@ -102,7 +104,11 @@ class Committer:
             return
         if not self._running and not self._waiters and not self._hold:
             now = time.monotonic()
-            if now - self._last_done > IDLE_S and now >= self._inline_from:
+            if (
+                now - self._last_done > IDLE_S
+                and now >= self._inline_from
+                and store.staged_writes <= INLINE_MAX
+            ):
                 d = store.drain()
                 if d is not None:
                     self._write_inline(d)
@@ -225,6 +231,31 @@ class Committer:
                 log.exception("commit failure hook failed")
         if not isinstance(exc, StorageError):
             log.exception("unexpected commit failure", exc_info=exc)
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        """Held while one long command is applied in steps (member/single.py): nothing staged is
+        drained meanwhile, so no part of it reaches disk, readers or watchers before all of it
+        does, and every other change to the store waits in `wait_turn`."""
+        async with self._exclusive:
+            self._hold = True
+            try:
+                yield
+            finally:
+                self._hold = False
+                if self._waiters and not self._running:  # writes that staged behind it
+                    self._running = True
+                    self._task = asyncio.get_running_loop().create_task(self._run())
+
+    @property
+    def exclusive_held(self) -> bool:
+        return self._exclusive.locked()
+
+    async def wait_turn(self) -> None:
+        """Return once no command is being applied in steps (apply at once after this returns)."""
+        while self._exclusive.locked():
+            async with self._exclusive:
+                pass
 
     async def rollback(self, reload: Callable[[], None]) -> None:
         """Drop everything staged but not yet durable and rebuild memory from disk.

@@ -66,6 +66,7 @@ class Compactor:
             while store.compact_pending:
                 if self._committer.failed is not None:
                     return  # recovery reloads the store, which finishes the compaction
+                await self._committer.wait_turn()  # not inside a command applied in steps
                 self.dropped += store.compact_step(self.chunk)
                 await self._committer.flush()
                 # a pause between batches leaves the writer thread idle for client writes, which

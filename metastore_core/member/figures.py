@@ -115,10 +115,6 @@ class MemberFigures:
     def watch_streams(self) -> int:
         return len(self._hub.sessions)
 
-    def slow_watchers(self) -> int:
-        """Watchers behind the store right now (catching up or fallen behind): etcd's unsynced."""
-        return self._hub.unsynced_count
-
     @property
     def watch_events_total(self) -> int:
         return self._hub.events_total
@@ -126,6 +122,11 @@ class MemberFigures:
     @property
     def slow_watchers_total(self) -> int:
         return self._hub.victims_total
+
+    @property
+    def slow_watchers(self) -> int:
+        """Watchers behind the store right now (catching up or fallen behind): etcd's unsynced."""
+        return self._hub.unsynced_count
 
     @property
     def slow_watch_cancels_total(self) -> int:

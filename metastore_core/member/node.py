@@ -20,15 +20,18 @@ from typing import Any
 
 from metastore_core import errors
 from metastore_core.config import Config
+from metastore_core.engine import reads, wire
 from metastore_core.engine.alarms import Alarms
 from metastore_core.engine.apply import Applier
 from metastore_core.engine.auth import AuthStore
 from metastore_core.engine.autocompact import make_policy
+from metastore_core.engine.commands import mutates
 from metastore_core.engine.entry import AuthInfo, Command, Entry
 from metastore_core.engine.keyrange import READ
 from metastore_core.engine.lease import Lessor
 from metastore_core.engine.ranges import range_at
 from metastore_core.engine.watch import WatchHub, WatchLimits, WatchSession
+from metastore_core.engine.wire import Encoded
 from metastore_core.member.auth import Auth
 from metastore_core.member.committer import Committer, Listener
 from metastore_core.member.compactor import AutoCompactor, Compactor
@@ -39,6 +42,7 @@ from metastore_core.member.integrity import Integrity, settle_watermark
 from metastore_core.member.leases import Leases
 from metastore_core.member.maintenance import Maintenance, in_use
 from metastore_core.member.single import SingleNode
+from metastore_core.member.steps import drive
 from metastore_core.member.tokens import make_provider
 from metastore_core.mvcc.store import MVCCStore
 from metastore_core.pb.etcdserverpb import rpc_pb2 as pb
@@ -327,6 +331,54 @@ class Node:
         self.header(resp.header, store.committed_rev)
         return resp
 
+    def read(
+        self, r: pb.RangeRequest, auth: AuthInfo | None = None
+    ) -> Coroutine[Any, Any, pb.RangeResponse | Encoded]:
+        """A client's Range: one key at once; a range in steps that let other requests run
+        between them, the reply built in pieces (engine/reads.py), at most --max-response-bytes."""
+        # not async itself: a Get costs no extra coroutine frame
+        return self.range(r, auth) if not r.range_end else self._read_range(r, auth)
+
+    async def _read_range(self, r: pb.RangeRequest, auth: AuthInfo | None) -> Encoded:
+        if not r.serializable:
+            await self._consensus.read_index()
+        self._auth_store.check_access(auth, READ, r.key, r.range_end)
+        store = self._store
+        rev = store.check_rev(r.revision)
+        current = store.committed_rev
+        self._applier.ops.ranges += 1
+        with store.pinned(rev):
+            body = await drive(reads.range_steps(store, r, rev, self._config.max_response_bytes))
+        return self._reply(wire.RANGE_HEADER, body, current)
+
+    async def txn(self, r: pb.TxnRequest, auth: AuthInfo | None = None) -> pb.TxnResponse | Encoded:
+        """A client's Txn: one that can write goes through write(); one that only compares and
+        reads is served at the committed revision, in steps, as etcd serves it without raft."""
+        if mutates(r):
+            resp: pb.TxnResponse = await self.write(r, auth)
+            return resp
+        await self._consensus.read_index()
+        self._auth_store.check_entry(auth, r)  # as apply checks a txn that writes
+        store = self._store
+        rev = store.committed_rev
+        ranges = [0]
+        with store.pinned(rev):
+            body = await drive(reads.txn_steps(store, r, rev, self._config.max_response_bytes, ranges))
+        ops = self._applier.ops
+        ops.ranges += ranges[0]
+        if ranges[0] > 1:
+            ops.txns += 1
+        return self._reply(wire.TXN_HEADER, body, rev)
+
+    def _reply(self, header_field: int, body: wire.Body, revision: int) -> Encoded:
+        """body with its response header in front, as one serialized reply."""
+        header = pb.ResponseHeader()
+        self.header(header, revision)
+        out = wire.Body()
+        out.add_field(header_field, header.SerializeToString())
+        out.parts.extend(body.parts)
+        return Encoded(b"".join(out.parts))
+
     async def write(self, command: Command, auth: AuthInfo | None = None) -> Any:
         """Check, propose and apply one write command; answers once it is durable."""
         if type(command) is pb.LeaseGrantRequest:
@@ -343,8 +395,14 @@ class Node:
             raise
         finally:
             proposals.pending -= 1
-        if type(command) is pb.CompactionRequest and command.physical:
+        kind = type(command)
+        if kind is pb.CompactionRequest and command.physical:
             await self._compactor.wait()
+        elif (kind is pb.TxnRequest or (kind is pb.DeleteRangeRequest and command.prev_kv)) and (
+            resp.ByteSize() > self._config.max_response_bytes
+        ):
+            # applied and durable, but too big to send: as etcd, whose gRPC refuses the reply
+            raise errors.ResponseTooLarge(self._config.max_response_bytes)
         self.header(resp.header)
         return resp
 

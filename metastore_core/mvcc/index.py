@@ -134,6 +134,34 @@ class Index:
         else:
             yield from self._sorted.irange(key, end, inclusive=(True, False))
 
+    def span(self, key: bytes, end: bytes) -> int:
+        """How many keys (live or not) etcd's range holds: a bound on a walk's work, in O(log n)."""
+        if not end:
+            return int(key in self._map)
+        lo = self._sorted.bisect_left(key)
+        hi = len(self._sorted) if end == b"\0" else self._sorted.bisect_left(end)
+        return max(hi - lo, 0)
+
+    def chunk(self, key: bytes, end: bytes, after: bytes | None, n: int) -> list[tuple[bytes, KeyHistory]]:
+        """Up to n (key, history) of etcd's range, ascending, starting after `after` (None: at key).
+
+        A walk in chunks resumes by key, so keys added or removed between chunks are simply
+        seen or not, never skipped twice or repeated."""
+        if not end:
+            h = self._map.get(key)
+            return [(key, h)] if h is not None and after is None else []
+        stop = None if end == b"\0" else end
+        keys = self._sorted.irange(key if after is None else after, stop, inclusive=(after is None, False))
+        m = self._map
+        out = []
+        for k in keys:
+            h = m.get(k)
+            if h is not None:
+                out.append((k, h))
+                if len(out) >= n:
+                    break
+        return out
+
     def keys_after(self, key: bytes, inclusive: bool = False) -> Iterator[bytes]:
         """Keys after key (or from it), ascending (b"" gives every key); do not mutate while iterating."""
         return iter(self._sorted.irange(key, None, inclusive=(inclusive, False)))

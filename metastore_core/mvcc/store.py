@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 import secrets
 from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,6 +106,7 @@ class MVCCStore:
         self._compact_target = 0
         self._compact_cursor: bytes | None = None  # next compaction chunk starts after this key
         self._compact_inclusive = False  # ... or at it, when its history was cut short
+        self._pins: dict[int, int] = {}  # revision -> long reads in progress at it
 
     def _value_cache(self) -> ValueCache:
         # With CRC on, every read must check the stored record (spec §4), so nothing is held.
@@ -333,6 +335,19 @@ class MVCCStore:
                 if e is not None:
                     yield k, e, h
 
+    @contextmanager
+    def pinned(self, rev: int) -> Iterator[None]:
+        """Hold rev readable while a read proceeds in steps (compaction waits below it)."""
+        self._pins[rev] = self._pins.get(rev, 0) + 1
+        try:
+            yield
+        finally:
+            left = self._pins[rev] - 1
+            if left:
+                self._pins[rev] = left
+            else:
+                del self._pins[rev]
+
     def count_live(self, key: bytes, end: bytes, rev: int) -> int:
         """How many keys in etcd's range are alive at rev (live() without building tuples)."""
         n = 0
@@ -400,6 +415,11 @@ class MVCCStore:
         self._staged.batch.append((skey, self.codec.encode(payload)))
         self._staged.events.append(event)
 
+    @property
+    def staged_writes(self) -> int:
+        """Storage writes staged for the next batch."""
+        return len(self._staged.batch)
+
     def drain(self) -> Drained | None:
         """Take everything staged since the last drain, or None."""
         if self.durable_seq == self.staged_seq and not self._staged.batch:
@@ -451,11 +471,16 @@ class MVCCStore:
         return self._compact_cursor is not None
 
     def compact_step(self, budget: int = 10_000) -> int:
-        """Compact about `budget` index entries' worth of keys; returns revisions dropped."""
+        """Compact about `budget` index entries' worth of keys; returns revisions dropped.
+
+        Does nothing while a read in steps is pinned below the target: it would see history
+        vanish between its steps (`pinned`)."""
         cursor = self._compact_cursor
         if cursor is None:
             return 0
         rev = self._compact_target
+        if self._pins and min(self._pins) < rev:
+            return 0
         dropped = work = 0
         resume: tuple[bytes, bool] | None = None  # (key, inclusive) to start the next step at
         gone: list[bytes] = []

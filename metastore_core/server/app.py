@@ -16,6 +16,7 @@ import logging
 import resource
 import signal
 import tempfile
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
@@ -26,15 +27,18 @@ from metastore_core import errors
 from metastore_core.config import Config, is_https, split_url
 from metastore_core.member.node import ETCD_API_VERSION, Node
 from metastore_core.server import listeners, rpc
-from metastore_core.server.catalog import Service, build_services
+from metastore_core.server.catalog import OPERATOR_SERVICES, Service, build_services
+from metastore_core.server.connections import Connections
 from metastore_core.server.figures import Figures, exposure_warnings
 from metastore_core.server.front import FrontListener, Relayed
+from metastore_core.server.gcpauses import GCPauses
 from metastore_core.server.healthcheck import HealthMonitor, livez, readyz, storage_checker, task_checker
 from metastore_core.server.http import HttpEndpoint, HttpServer, Limits, Router
 from metastore_core.server.http import gateway as gw
 from metastore_core.server.http.metrics_port import health_route
 from metastore_core.server.layers import reliability_layers
 from metastore_core.server.layers.auth import AuthLayer
+from metastore_core.server.layers.clients import ClientLimits
 from metastore_core.server.layers.limits import Limiter, MemoryMonitor
 from metastore_core.server.layers.metrics import RequestMetrics, make_registry
 from metastore_core.server.layers.recovery import Recovery
@@ -47,6 +51,7 @@ from metastore_core.server.lifecycle import (
     load_report,
     save_report,
 )
+from metastore_core.server.looplag import LoopLag
 from metastore_core.server.methods import Layer, Method, service_methods
 from metastore_core.server.services import faults
 from metastore_core.server.services.health import NOT_SERVING, HealthService
@@ -64,6 +69,8 @@ from metastore_core.storage.watermark import Mark, Watermark, WatermarkError
 log = logging.getLogger("metastore")
 
 TASK_RESTARTS = 5
+QUIET_S = 0.05  # shutdown: no call refused for this long means grpc-core's queue is empty
+MAX_QUIET_WAIT_S = 1.0  # ... but stop waiting for that after this long (clients keep calling)
 LEASE_LOOPS = ("lease-expiry", "lease-checkpoints")
 TLS_CHECK_S = 2.0  # how often the certificate files are checked for changes
 GATEWAY_IDLE_S = 60.0  # a kept-alive gateway connection may wait this long for its next request
@@ -120,13 +127,20 @@ class Server:
         """layers=None builds the reliability layer; pass [] to serve without it (benchmarks).
         tracing=None follows --experimental-enable-distributed-tracing (tests pass their own)."""
         self.config = config
+        self.ports: list[int] = []  # client ports, in --listen-client-urls order, then the gateway's
         self.recovery = Recovery()
-        self.limiter = Limiter(config.max_concurrent_requests, config.request_timeout_s)
+        # gRPC's own client ports: the ones whose HTTP/2 handshakes server/connections.py watches
+        self.grpc_ports: list[int] = []
+        self.connections = Connections(config.max_connections, self.grpc_ports)
+        self.limiter = Limiter(config.max_concurrent_requests, config.request_timeout_s, self.connections)
+        self.clients = ClientLimits(config.max_client_requests, config.client_rate, config.client_burst)
         self.memory = MemoryMonitor(config.max_memory_bytes, config.memory_check_interval_s)
         self.metrics = RequestMetrics()
+        self.loop_lag = LoopLag()
+        self.gc_pauses = GCPauses()
         self.auth = AuthLayer(client_cert_auth=config.client_cert_auth)
         self.layers: list[Layer] = (
-            reliability_layers(self.recovery, self.limiter, self.metrics, self.auth)
+            reliability_layers(self.recovery, self.limiter, self.metrics, self.auth, self.clients)
             if layers is None
             else list(layers)
         )
@@ -146,9 +160,10 @@ class Server:
         self.storage: Storage | None = None
         self.node: Node | None = None
         self.grpc: grpc.aio.Server | None = None
+        self.admin: grpc.aio.Server | None = None  # --listen-admin-urls: health and admin only
+        self.admin_ports: list[int] = []
         self.tls: Certificates | None = None
         self._tls_dir: tempfile.TemporaryDirectory[str] | None = None
-        self.ports: list[int] = []  # client ports, in --listen-client-urls order, then the gateway's
         self.services: list[Service] = []
         self._grpc_stop: asyncio.Future[None] | None = None
         self.stopped = asyncio.Event()
@@ -197,24 +212,31 @@ class Server:
             self.memory.on_full = node.set_memory_full
             self.grpc = grpc.aio.server(options=listeners.grpc_options(cfg))
             figures = Figures(
-                cfg, node, self.limiter, self.memory, self.recovery, self.monitor, self.lifecycle, self.ports
+                cfg,
+                node,
+                self.limiter,
+                self.memory,
+                self.recovery,
+                self.monitor,
+                self.lifecycle,
+                self.ports,
+                self.loop_lag,
+                self.connections,
+                self.clients,
             )
             self.services = build_services(node, cfg, self.health, figures, self.lifecycle)
+            if cfg.listen_admin_urls:
+                self.admin = grpc.aio.server(options=listeners.grpc_options(cfg, listeners.ADMIN_CONNECTIONS))
             served: dict[str, Method] = {}
             for svc in self.services:
                 methods = service_methods(svc.descriptor, svc.servicer, svc.modules)
                 served.update((m.info.full, m) for m in methods)
-                self.grpc.add_generic_rpc_handlers(
-                    (
-                        rpc.handler(
-                            svc.descriptor.full_name,
-                            methods,
-                            self.layers,
-                            self.relayed.peer,
-                            self.metrics.traffic,
-                        ),
-                    )
+                handler = rpc.handler(
+                    svc.descriptor.full_name, methods, self.layers, self.relayed.peer, self.metrics.traffic
                 )
+                self.grpc.add_generic_rpc_handlers((handler,))
+                if self.admin is not None and svc.descriptor.full_name in OPERATOR_SERVICES:
+                    self.admin.add_generic_rpc_handlers((handler,))
             if cfg.grpc_reflection:
                 # grpcurl list/describe; names what is served (not the test-only fault service)
                 names = [svc.descriptor.full_name for svc in self.services] + [reflection.SERVICE_NAME]
@@ -234,6 +256,12 @@ class Server:
             await self._bind_client_urls()
             if self.gateway is not None:  # client connections over HTTP count too
                 self.ports.extend(self.gateway.ports)
+            if self.admin is not None:
+                creds = self.tls.grpc_credentials() if self.tls is not None else None
+                self.admin_ports = listeners.bind_client_urls(
+                    self.admin, cfg.listen_admin_urls, creds, "--listen-admin-urls"
+                )
+                await self.admin.start()
             await self._start_http(figures)
             await self.grpc.start()
             self._start_tasks(node)
@@ -243,8 +271,9 @@ class Server:
             for port in (self.front, self.gateway, self.http):
                 if port is not None:
                     await port.close()
-            if self.grpc is not None:
-                await self.grpc.stop(0)
+            for server in (self.grpc, self.admin):
+                if server is not None:
+                    await server.stop(0)
             await self.recovery.stop_tasks()
             await self._release()
             raise
@@ -330,7 +359,9 @@ class Server:
                 except OSError as exc:
                     raise OSError(f"cannot listen on {url}: {exc}") from None
             else:
-                self.ports.extend(listeners.bind_client_urls(self.grpc, [url], creds))
+                bound = listeners.bind_client_urls(self.grpc, [url], creds)
+                self.ports.extend(bound)
+                self.grpc_ports.extend(bound)
 
     async def _start_gateway(self, served: dict[str, Method]) -> None:
         """etcd's JSON gateway, /version and /health on --listen-client-http-urls (and on the
@@ -392,6 +423,9 @@ class Server:
         rec.safe_spawn_with_restart("health-monitor", self.monitor.run, 1000)
         rec.safe_spawn_with_restart("memory-monitor", self.memory.run, 1000)
         rec.safe_spawn_with_restart("request-timeouts", self.limiter.run_timeouts, 1000)
+        rec.safe_spawn_with_restart("loop-lag", self.loop_lag.run, 1000)
+        rec.safe_spawn_with_restart("connections", self.connections.run, 1000)
+        rec.safe_spawn_with_restart("client-sweep", self.clients.run, 1000)
         if self.tls is not None:
             rec.safe_spawn_with_restart("tls-reload", self._watch_certificates, 1000)
         if self.systemd.enabled and self.systemd.watchdog_s > 0:
@@ -418,13 +452,18 @@ class Server:
         self.health.enter_shutdown()
 
     async def _stop_accepting(self) -> None:
-        self.limiter.draining = True
+        self.limiter.start_draining()
         for port in (self.front, self.gateway):
             if port is not None:
                 port.stop_accepting()
         if self.grpc is not None and self._grpc_stop is None:
+            # Calls queued in grpc-core are cancelled by its stop (CANCELLED: etcd clients do not
+            # retry): keep serving until the queue has drained, each call refused UNAVAILABLE.
+            lc = self.lifecycle
+            await self.limiter.quiet(QUIET_S, min(lc.drain_deadline, time.monotonic() + MAX_QUIET_WAIT_S))
+            grace = max(lc.drain_deadline - time.monotonic(), 0.0)
             # Refuses new RPCs and connections now; finishes once in-flight calls end.
-            self._grpc_stop = asyncio.ensure_future(self.grpc.stop(self.config.shutdown_timeout_s))
+            self._grpc_stop = asyncio.ensure_future(self.grpc.stop(grace))
 
     async def _wait_in_flight(self) -> None:
         if self._grpc_stop is not None:
@@ -439,8 +478,9 @@ class Server:
 
     async def _close_server(self) -> None:
         await self.recovery.stop_tasks()
-        if self.grpc is not None:
-            await self.grpc.stop(0)
+        for server in (self.grpc, self.admin):  # the health/admin listener answers until the end
+            if server is not None:
+                await server.stop(0)
         await self._release()
         if self.tracing is not None:  # export what is still buffered
             await asyncio.to_thread(self.tracing.shutdown)
@@ -468,6 +508,10 @@ class Server:
 
     async def serve_until_stopped(self) -> int:
         """Serve until a signal, `metastore stop` or the Shutdown RPC; then shut down."""
+        self.lifecycle.arm_watchdog()  # this is the process: the timeout holds even if the loop sticks
+        # ... and its garbage collector: full collections stay short (server/gcpauses.py)
+        self.gc_pauses.after_load()
+        self.gc_pauses.install()
         loop = asyncio.get_running_loop()
         self.lifecycle.install_signal_handlers(loop)
         if self.tls is not None:  # SIGHUP: re-read the certificates now (etcd users expect it)

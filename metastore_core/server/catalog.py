@@ -33,6 +33,9 @@ from metastore_core.server.services.lock import LockService
 from metastore_core.server.services.maintenance import MaintenanceService
 from metastore_core.server.services.watch import WatchService
 
+# What the health/admin listener (--listen-admin-urls) serves.
+OPERATOR_SERVICES = ("grpc.health.v1.Health", "metastore.admin.v1.Admin")
+
 
 @dataclass
 class Service:
@@ -49,7 +52,7 @@ def build_services(
     node: Node, config: Config, health: HealthService, figures: Figures, lifecycle: Lifecycle
 ) -> list[Service]:
     etcd = rpc_pb2.DESCRIPTOR.services_by_name
-    watch = WatchService(node)
+    watch = WatchService(node, figures.loop_lag)
     lease = LeaseService(node)
     contenders = Contenders(node)
     return [

@@ -20,11 +20,14 @@ from metastore_core.config import Config, is_https, split_url
 from metastore_core.member.node import ETCD_API_VERSION, Node
 from metastore_core.pb.metastore.admin.v1 import admin_pb2 as apb
 from metastore_core.peers import is_loopback_host
+from metastore_core.server.connections import Connections
 from metastore_core.server.healthcheck import HealthMonitor, Probes
+from metastore_core.server.layers.clients import ClientLimits
 from metastore_core.server.layers.limits import Limiter, MemoryMonitor, count_connections
 from metastore_core.server.layers.metrics import RequestMetrics
 from metastore_core.server.layers.recovery import Recovery
 from metastore_core.server.lifecycle import Lifecycle
+from metastore_core.server.looplag import LoopLag
 
 CLUSTER_VERSION = ".".join(ETCD_API_VERSION.split(".")[:2]) + ".0"  # etcd reports major.minor.0
 # Names etcd spells against Prometheus' suffix conventions (gauges ending in _total, counters
@@ -72,6 +75,9 @@ class Figures:
         monitor: HealthMonitor,
         lifecycle: Lifecycle,
         ports: list[int],
+        loop_lag: LoopLag | None = None,
+        connections: Connections | None = None,
+        clients: ClientLimits | None = None,
     ) -> None:
         self.config = config
         self.node = node
@@ -81,9 +87,15 @@ class Figures:
         self.monitor = monitor
         self.lifecycle = lifecycle
         self.ports = ports
+        self.loop_lag = loop_lag or LoopLag()
+        self.conns = connections or Connections(config.max_connections, ports)
+        self.clients = clients or ClientLimits(config.max_client_requests, config.client_rate)
 
     def connections(self) -> int:
         return count_connections(self.ports)
+
+    def _clients(self) -> float:
+        return len(self.clients.clients)
 
     async def stats(self) -> apb.GetStatsResponse:
         """What `metastore stats` shows."""
@@ -114,11 +126,28 @@ class Figures:
             leases=f.leases,
             requests_refused=lim.refused,
             requests_peak=lim.peak_requests,
+            connections_refused=self.conns.refused,
+            connections_closed_idle=self.conns.closed_idle,
+            client_requests_max=self.clients.max_in_flight,
+            client_rate=self.clients.rate,
+            clients=len(self.clients.clients),
+            client_refused_in_flight=self.clients.refused_in_flight,
+            client_refused_rate=self.clients.refused_rate,
+            slow_watchers=f.slow_watchers,
+            loop_lag_seconds=self.loop_lag.lag,
+            loop_lag_peak_seconds=self.loop_lag.peak,
             serving=mon.serving,
             health_reasons=mon.reasons(),
             pid=os.getpid(),
             warnings=exposure_warnings(self.config, self.node.auth.enabled),
         )
+        for key, c in self.clients.busiest():
+            resp.busiest_clients.add(
+                client=key,
+                in_flight=c.in_flight,
+                requests=c.requests,
+                refused=c.refused_in_flight + c.refused_rate,
+            )
         report = self.lifecycle.report or self.lifecycle.previous
         if report is not None:
             resp.last_shutdown_reason = report.reason
@@ -199,6 +228,26 @@ class Figures:
                 "metastore_requests_refused_total",
                 "Unary calls refused at the concurrency limit.",
                 lambda: lim.refused,
+            ),
+            (
+                "metastore_connections_refused_total",
+                "Calls refused on connections opened past --max-connections.",
+                lambda: self.conns.refused,
+            ),
+            (
+                "metastore_connections_closed_idle_total",
+                "Connections closed at the limit for not starting the HTTP/2 handshake.",
+                lambda: self.conns.closed_idle,
+            ),
+            (
+                "metastore_client_refused_in_flight_total",
+                "Calls refused at one client's in-flight cap (--max-client-requests).",
+                lambda: self.clients.refused_in_flight,
+            ),
+            (
+                "metastore_client_refused_rate_total",
+                "Calls refused at one client's rate limit (--client-rate).",
+                lambda: self.clients.refused_rate,
             ),
             (
                 "metastore_lease_expiry_stalls_total",
@@ -316,7 +365,7 @@ class Figures:
             (
                 "etcd_debugging_mvcc_slow_watcher_total",
                 "Total number of unsynced slow watchers.",
-                f.slow_watchers,
+                lambda: f.slow_watchers,
             ),
             ("os_fd_used", "The number of used file descriptors.", lambda: len(os.listdir("/proc/self/fd"))),
             (
@@ -344,6 +393,12 @@ class Figures:
                 lambda: lim.max_requests,
             ),
             ("metastore_streams_current", "Open streaming calls.", lambda: lim.streams),
+            ("metastore_clients_current", "Clients with calls in flight or tokens spent.", self._clients),
+            (
+                "metastore_client_requests_limit",
+                "Unary calls in flight per client (--max-client-requests; 0: none).",
+                lambda: self.clients.max_in_flight,
+            ),
             ("metastore_leases", "Live leases.", lambda: f.leases),
             (
                 "metastore_health_serving",
@@ -354,6 +409,11 @@ class Figures:
                 "metastore_compaction_last_duration_seconds",
                 "Duration of the last compaction.",
                 lambda: f.compaction_last_seconds,
+            ),
+            (
+                "metastore_event_loop_lag_seconds",
+                "How late the event loop runs a 10 ms timer (recent, decaying).",
+                lambda: self.loop_lag.lag,
             ),
         ]
         for name, doc, read in gauges:

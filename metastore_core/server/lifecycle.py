@@ -7,11 +7,16 @@
 
 Hooks are registered per phase, several per phase; the hooks of one phase
 run concurrently, a failing hook is logged and the shutdown goes on. One
-total timeout bounds everything: a phase that overruns it is abandoned and
-the remaining phases run in "forced" mode with a short budget each, so the
-DB is still closed. Every acknowledged write was fsynced before its reply,
-so forcing loses nothing acknowledged. The first SIGTERM/SIGINT starts the
-shutdown; a second one exits the process at once (grpclib's graceful_exit).
+total timeout bounds everything, counted from the moment the shutdown was
+asked for (a signal's arrival, not the moment a busy loop got to it):
+phases 1-2 must end CLOSING_RESERVE before it, so phases 3-4 always have
+time to flush and close the DB; a phase that overruns its budget is
+abandoned and the rest run "forced". In the daemon a watchdog thread holds
+the line even if the event loop is stuck: WATCHDOG_SLACK_S past the timeout
+it logs why and exits the process. Every acknowledged write was fsynced
+before its reply, so forcing loses nothing acknowledged. The first
+SIGTERM/SIGINT starts the shutdown; a second one exits the process at once
+(grpclib's graceful_exit). Times in the log are measured from the request.
 """
 
 from __future__ import annotations
@@ -21,10 +26,13 @@ import json
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from metastore_core.server.logline import escape
 
 log = logging.getLogger("metastore.lifecycle")
 
@@ -33,8 +41,13 @@ DRAIN = "drain"
 PERSIST_STATE = "persist-state"
 CLOSE_RESOURCES = "close-resources"
 PHASES = (STOP_ACCEPTING, DRAIN, PERSIST_STATE, CLOSE_RESOURCES)
-FORCED_PHASE_BUDGET_S = 2.0
-FORCED_EXIT_CODE = 130
+CLOSING_RESERVE_S = 2.0  # at most this (and at most a quarter of the timeout) kept for phases 3-4
+FORCED_PHASE_BUDGET_S = 0.25  # a phase that starts after the deadline still gets this
+WATCHDOG_SLACK_S = 0.5  # past the timeout by this much, the watchdog exits the process
+FORCED_EXIT_CODE = 130  # a second signal
+TIMEOUT_EXIT_CODE = 1  # the shutdown ran past its timeout (as a forced shutdown reports)
+BUSY_LOOP_S = 0.1  # a signal handled later than this after it arrived is logged with the delay
+REASON_LIMIT = 200  # characters of a shutdown reason kept
 
 Hook = Callable[[], Awaitable[None]]
 
@@ -71,6 +84,10 @@ class Lifecycle:
         self.done = asyncio.Event()
         self.report: ShutdownReport | None = None
         self.previous: ShutdownReport | None = None  # the one before this process started
+        self.requested_at = 0.0  # monotonic time the shutdown was asked for
+        self.watchdog = False  # arm_watchdog(): exit the process if the timeout is overrun
+        self._finished = threading.Event()
+        self._watchdog: threading.Thread | None = None
         self.on_phase: Callable[[str], None] | None = None  # told as each phase begins (systemd)
         self._running: asyncio.Task[ShutdownReport] | None = None
 
@@ -80,14 +97,58 @@ class Lifecycle:
             raise ValueError(f"unknown shutdown phase {phase!r}: want one of {', '.join(PHASES)}")
         self.hooks[phase].append((name, hook))
 
-    def request(self, reason: str) -> bool:
-        """Ask for a shutdown; False if one was already asked for."""
+    def request(self, reason: str, at: float | None = None) -> bool:
+        """Ask for a shutdown (at: when it was asked, if earlier than now); False if already asked."""
         if self.requested.is_set():
             return False
-        self.reason = reason
-        log.info("shutdown requested: %s", reason, extra={"reason": reason})
+        now = time.monotonic()
+        self.requested_at = now if at is None else min(at, now)
+        # The reason may be a client's text (the Shutdown RPC): kept and logged escaped, cut short.
+        self.reason = reason = escape(reason, REASON_LIMIT)
+        late = now - self.requested_at
+        busy = f" ({late:.3f}s after it arrived: the event loop was busy)" if late > BUSY_LOOP_S else ""
+        log.info("shutdown requested: %s%s", reason, busy, extra={"reason": reason})
         self.requested.set()
+        self._start_watchdog(self.requested_at)
         return True
+
+    def arm_watchdog(self) -> None:
+        """In the daemon: past the timeout (plus slack) the process exits, whatever the loop does."""
+        self.watchdog = True
+
+    def _start_watchdog(self, at: float) -> None:
+        if not self.watchdog or self._watchdog is not None:
+            return
+        self._watchdog = threading.Thread(
+            target=self._watch, args=(at,), name="metastore-shutdown-watchdog", daemon=True
+        )
+        self._watchdog.start()
+
+    def _watch(self, at: float) -> None:
+        left = at + self.timeout_s + WATCHDOG_SLACK_S - time.monotonic()
+        if self._finished.wait(max(left, 0.0)):
+            return
+        took = time.monotonic() - at
+        now = time.time()
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)) + f",{int(now % 1 * 1000):03d}"
+        # os.write, not logging: the loop's thread may hold the logging lock where it is stuck
+        os.write(
+            2,
+            f"{stamp} ERROR metastore.lifecycle: shutdown still running "
+            f"{took:.3f}s after it was asked for (--shutdown-timeout {self.timeout_s:g}s): "
+            "forced exit (acknowledged writes were synced before their replies)\n".encode(),
+        )
+        os._exit(TIMEOUT_EXIT_CODE)
+
+    @property
+    def deadline(self) -> float:
+        """Monotonic time by which the whole shutdown must be over."""
+        return self.requested_at + self.timeout_s
+
+    @property
+    def drain_deadline(self) -> float:
+        """Monotonic time by which phases 1-2 (stop accepting, drain) must be over."""
+        return self.deadline - min(CLOSING_RESERVE_S, self.timeout_s / 4)
 
     async def run(self) -> ShutdownReport:
         """Run the four phases once (later calls wait for the first)."""
@@ -96,15 +157,16 @@ class Lifecycle:
         return await asyncio.shield(self._running)
 
     async def _run(self) -> ShutdownReport:
-        report = ShutdownReport(self.reason or "stop", time.time())
-        start = time.monotonic()
-        deadline = start + self.timeout_s
+        if not self.requested_at:  # run() without request(): count from now
+            self.requested_at = time.monotonic()
+        start = self.requested_at
+        report = ShutdownReport(self.reason or "stop", time.time() - (time.monotonic() - start))
         forced = False
         for phase in PHASES:
-            budget = deadline - time.monotonic()
+            end = self.drain_deadline if phase in (STOP_ACCEPTING, DRAIN) else self.deadline
+            budget = end - time.monotonic()
             if budget <= 0:
                 forced = True
-            if forced:
                 budget = FORCED_PHASE_BUDGET_S
             if self.on_phase is not None:
                 self.on_phase(phase)
@@ -126,12 +188,14 @@ class Lifecycle:
             )
         total = time.monotonic() - start
         log.info(
-            "shutdown finished in %.3fs (%s)",
+            "shutdown finished in %.3fs of %gs (%s)",
             total,
+            self.timeout_s,
             report.reason,
             extra={"seconds": round(total, 6), "reason": report.reason, "clean": report.clean},
         )
         self.report = report
+        self._finished.set()
         self.done.set()
         return report
 
@@ -157,16 +221,22 @@ class Lifecycle:
 
     # ------------------------------------------------------------------ signals
     def install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
-        """First SIGTERM/SIGINT: graceful shutdown. A second one: exit at once."""
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._first_signal, loop, sig)
+        """First SIGTERM/SIGINT: graceful shutdown. A second one: exit at once.
 
-    def _first_signal(self, loop: asyncio.AbstractEventLoop, sig: signal.Signals) -> None:
-        self.request(f"signal {sig.name}")
-        for s in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(s)
-            # A plain handler, not the loop's: it runs even if the loop is stuck in a hook.
-            signal.signal(s, self._second_signal)
+        Plain handlers, not the loop's: Python runs them between two bytecodes even while
+        the loop is busy with a long request, so the arrival time (the timeout's start) is
+        true, and a second signal works even if the loop is stuck."""
+
+        def first(signum: int, frame: object) -> None:
+            arrived = time.monotonic()
+            for s in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(s, self._second_signal)
+            name = signal.Signals(signum).name
+            self._start_watchdog(arrived)  # now: the loop may be too busy to start it soon
+            loop.call_soon_threadsafe(self.request, f"signal {name}", arrived)
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, first)
 
     def _second_signal(self, signum: int, frame: object) -> None:
         """Force the exit (130), unless the shutdown is already over: then exit as it ended."""

@@ -13,6 +13,7 @@ import socket
 import grpc
 
 from metastore_core.config import Config, is_https, split_url
+from metastore_core.server.connections import reserve
 
 
 def parse_url(url: str, flag: str) -> tuple[str, int]:
@@ -24,14 +25,21 @@ def parse_url(url: str, flag: str) -> tuple[str, int]:
         raise ValueError(f"{flag} {url}: {exc}") from None
 
 
-def grpc_address(url: str) -> str:
+ADMIN_CONNECTIONS = 64  # connections the health/admin listener takes
+
+
+def grpc_address(url: str, flag: str = "--listen-client-urls") -> str:
     """'http://127.0.0.1:2379' -> '127.0.0.1:2379' (IPv6 hosts bracketed)."""
-    host, port = parse_url(url, "--listen-client-urls")
+    host, port = parse_url(url, flag)
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def grpc_options(config: Config) -> list[tuple[str, int]]:
+def grpc_options(config: Config, max_connections: int = 0) -> list[tuple[str, int]]:
     """Server options real etcd clients need (docs/architecture.md, 'Transport')."""
+    if not max_connections:
+        # past --max-connections calls are refused by the limits layer, health and admin use
+        # the reserve (server/connections.py); past both grpc closes at accept
+        max_connections = config.max_connections + reserve(config.max_connections)
     return [
         ("grpc.max_receive_message_length", config.max_recv_bytes),
         ("grpc.max_send_message_length", 2**31 - 1),
@@ -39,7 +47,7 @@ def grpc_options(config: Config) -> list[tuple[str, int]]:
         ("grpc.http2.min_recv_ping_interval_without_data_ms", 5000),
         ("grpc.http2.max_ping_strikes", 0),
         ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.max_allowed_incoming_connections", config.max_connections),
+        ("grpc.max_allowed_incoming_connections", max_connections),
         ("grpc.server_handshake_timeout_ms", int(config.connection_timeout_s * 1000)),
         # The default backlog cancels ~30 % of a burst of thousands of new streams.
         ("grpc.server.max_pending_requests", 20000),
@@ -68,17 +76,18 @@ def check_free(host: str, port: int) -> None:
 
 
 def bind_client_urls(
-    server: grpc.aio.Server, urls: list[str], credentials: grpc.ServerCredentials | None = None
+    server: grpc.aio.Server,
+    urls: list[str],
+    credentials: grpc.ServerCredentials | None = None,
+    flag: str = "--listen-client-urls",
 ) -> list[int]:
     """Listen on every client URL; returns the bound ports (OSError naming a taken address)."""
     ports = []
     for url in urls:
-        addr = grpc_address(url)
+        addr = grpc_address(url, flag)
         if is_https(url) and credentials is None:
-            raise ValueError(
-                f"--listen-client-urls {url}: https:// needs a certificate (--cert-file, --auto-tls)"
-            )
-        check_free(*parse_url(url, "--listen-client-urls"))
+            raise ValueError(f"{flag} {url}: https:// needs a certificate (--cert-file, --auto-tls)")
+        check_free(*parse_url(url, flag))
         try:
             if is_https(url):
                 port = server.add_secure_port(addr, credentials)

@@ -17,6 +17,7 @@ from google.protobuf.message import DecodeError, Message
 
 from metastore_core import errors
 from metastore_core.engine.auth import ANONYMOUS
+from metastore_core.engine.wire import Encoded
 from metastore_core.server.methods import Behaviour, Call, Layer, Method, MethodInfo, wrap
 from metastore_core.server.status import code_of
 
@@ -45,15 +46,19 @@ def _same(peer: str) -> str:
 class GrpcCall(Call):
     """A Call carried by gRPC."""
 
-    __slots__ = ("_context", "_peers")
+    __slots__ = ("_context", "_peer", "_peers")
 
     def __init__(self, context: grpc.aio.ServicerContext, peers: Peers = _same) -> None:
         self.auth = ANONYMOUS
         self._context = context
         self._peers = peers
+        self._peer: str | None = None
 
     def peer(self) -> str:
-        return self._peers(str(self._context.peer()))
+        peer = self._peer
+        if peer is None:  # asked by the connection and the per-client limits: ask grpc once
+            peer = self._peer = self._peers(str(self._context.peer()))
+        return peer
 
     def metadata(self, key: str) -> str | None:
         for k, v in self._context.invocation_metadata() or ():
@@ -89,13 +94,13 @@ def _deserializer(cls: type[Message], traffic: Bytes | None) -> Callable[[bytes]
 
 
 def _serializer(cls: type[Message], traffic: Bytes | None) -> Callable[[Any], bytes]:
+    """cls's serializer; a reply a servicer built already serialized (Encoded) goes as it is."""
     encode = cls.SerializeToString
-    if traffic is None:
-        return encode
 
     def serialize(message: Any) -> bytes:
-        data = encode(message)
-        traffic.sent += len(data)
+        data = message.data if type(message) is Encoded else encode(message)
+        if traffic is not None:
+            traffic.sent += len(data)
         return data
 
     return serialize

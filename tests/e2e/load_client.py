@@ -7,6 +7,9 @@ slow ENDPOINT N SECONDS start N concurrent Sleep(SECONDS) calls of the test faul
                         {"codes": {code: count}}
 watch ENDPOINT N        open N Watch streams, print "OPEN <n>", keep them until stdin closes,
                         then print one JSON line {"ended": n, "codes": {...}}
+flood ENDPOINT N        keep N raw TCP connections open that never send a byte, opening a new
+                        one whenever the server closes one; print "FLOODING", and when stdin
+                        closes one JSON line {"opened": n, "closed_by_server": n}
 """
 
 from __future__ import annotations
@@ -108,6 +111,40 @@ async def watch(endpoint: str, n: int) -> None:
         await ch.close()
 
 
+async def flood(endpoint: str, n: int) -> None:
+    host, port = endpoint.rsplit(":", 1)
+    opened = closed = 0
+    stop = asyncio.Event()
+
+    async def one() -> None:
+        nonlocal opened, closed
+        while not stop.is_set():
+            try:
+                reader, writer = await asyncio.open_connection(host, int(port))
+            except OSError:
+                await asyncio.sleep(0.01)
+                continue
+            opened += 1
+            try:
+                while await reader.read(4096):  # the server's SETTINGS frame, then EOF when it closes us
+                    pass
+                closed += 1
+            except OSError:
+                closed += 1
+            finally:
+                writer.close()
+
+    tasks = [asyncio.ensure_future(one()) for _ in range(n)]
+    await asyncio.sleep(0.5)
+    print("FLOODING", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    stop.set()
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    print(json.dumps({"opened": opened, "closed_by_server": closed}), flush=True)
+
+
 def main() -> None:
     mode, endpoint, *rest = sys.argv[1:]
     if mode == "hold":
@@ -116,6 +153,8 @@ def main() -> None:
         asyncio.run(slow(endpoint, int(rest[0]), float(rest[1])))
     elif mode == "watch":
         asyncio.run(watch(endpoint, int(rest[0])))
+    elif mode == "flood":
+        asyncio.run(flood(endpoint, int(rest[0])))
     else:
         raise SystemExit(f"unknown mode {mode}")
 

@@ -18,11 +18,11 @@ from conftest import Proc, start_metastore
 FAULTS = "/metastore.testing.Faults/"
 
 
-def start_with_faults(data_dir: Path, *extra: str) -> Proc:
+def start_with_faults(data_dir: Path, *extra: str, port: int | None = None) -> Proc:
     """A daemon with the test-only fault service (flag + environment, both required)."""
     os.environ["METASTORE_TEST_FAULTS"] = "1"
     try:
-        return start_metastore(data_dir, "--test-faults", *extra)
+        return start_metastore(data_dir, "--test-faults", *extra, port=port)
     finally:
         del os.environ["METASTORE_TEST_FAULTS"]
 

@@ -18,7 +18,7 @@ from reliability_kit import health_check, http_get, sleep_call, start_with_fault
 
 from metastore_core.pb.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 
-from conftest import start_metastore
+from conftest import free_port, start_metastore
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -55,9 +55,10 @@ def test_ten_thousand_connections_held_and_the_next_refused(tmp_path: Path) -> N
             assert time.monotonic() < deadline, "server never saw 10,000 connections"
             time.sleep(0.2)
         assert metric(p.metrics_port, "metastore_connections_limit") == 10000
-        with grpc.insecure_channel(p.endpoint) as ch, pytest.raises(grpc.RpcError) as info:
-            rpc_pb2_grpc.KVStub(ch).Range(rpc_pb2.RangeRequest(key=b"a"), timeout=3)
-        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        refused = refused_for_connections(p.endpoint)
+        assert "limit of 10000 client connections" in refused and "--max-connections" in refused
+        # health checks ride the reserve beyond the limit
+        assert health_check(p.endpoint) == health_pb2.HealthCheckResponse.SERVING
         # the held connections are still up and the daemon serves again once they go
         holder.communicate("", timeout=30)
         time.sleep(0.5)
@@ -69,8 +70,153 @@ def test_ten_thousand_connections_held_and_the_next_refused(tmp_path: Path) -> N
         assert p.stop() == 0
 
 
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]  # not a connection another channel opened
+
+
+def refused_for_connections(endpoint: str, within: float = 5.0) -> str:
+    """A Range on a new connection, retried until it is refused for --max-connections."""
+    deadline = time.monotonic() + within
+    while True:
+        with grpc.insecure_channel(endpoint, options=OWN_CONNECTION) as ch:
+            try:
+                rpc_pb2_grpc.KVStub(ch).Range(rpc_pb2.RangeRequest(key=b"a"), timeout=3)
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    return exc.details() or ""
+                raise
+        assert time.monotonic() < deadline, "a connection past the limit was served"
+        time.sleep(0.1)  # the daemon counts connections every 0.25-1 s
+
+
+def served_again(endpoint: str, within: float = 5.0) -> None:
+    """A Range on a new connection, retried until the daemon has room for it again."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            with grpc.insecure_channel(endpoint, options=OWN_CONNECTION) as ch:
+                rpc_pb2_grpc.KVStub(ch).Range(rpc_pb2.RangeRequest(key=b"a"), timeout=3)
+            return
+        except grpc.RpcError:
+            assert time.monotonic() < deadline, "the daemon never served a new connection again"
+            time.sleep(0.2)
+
+
+def test_connections_past_the_limit_refused_naming_it_and_health_keeps_the_reserve(tmp_path: Path) -> None:
+    p = start_metastore(tmp_path / "data", "--max-connections", "20")
+    with grpc.insecure_channel(p.endpoint) as early:
+        kv = rpc_pb2_grpc.KVStub(early)
+        kv.Range(rpc_pb2.RangeRequest(key=b"a"), timeout=3)  # admitted while there was room
+        holder = client("hold", p.endpoint, "20")
+        try:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "HELD 20"
+            refused = refused_for_connections(p.endpoint)
+            assert "limit of 20 client connections reached (--max-connections)" in refused
+            kv.Range(rpc_pb2.RangeRequest(key=b"a"), timeout=3)  # a connection admitted earlier goes on
+            assert health_check(p.endpoint) == health_pb2.HealthCheckResponse.SERVING
+            s = stats(p.endpoint)
+            assert s.connections_refused >= 1
+            assert metric(p.metrics_port, "metastore_connections_refused_total") >= 1
+        finally:
+            holder.communicate("", timeout=30)
+        served_again(p.endpoint)  # the held ones are gone
+    assert p.stop() == 0
+
+
+def test_an_idle_socket_flood_leaves_health_and_admin_answering(tmp_path: Path) -> None:
+    admin = f"127.0.0.1:{free_port()}"
+    p = start_metastore(
+        tmp_path / "data", "--max-connections", "20", "--listen-admin-urls", f"http://{admin}"
+    )
+    flood = client("flood", p.endpoint, "200")  # far past 20 + the reserve, re-opened as closed
+    try:
+        assert flood.stdout is not None and flood.stdout.readline().strip() == "FLOODING"
+        time.sleep(1.5)
+        answered = []
+        for _ in range(15):
+            answered.append(health_check(admin) == health_pb2.HealthCheckResponse.SERVING)
+            time.sleep(0.1)
+        s = stats(admin)  # metastore stats reaches the daemon too
+    finally:
+        out, _ = flood.communicate("", timeout=30)
+    assert all(answered), answered
+    # sockets that never sent the HTTP/2 preface were closed after ~1 s, not --connection-timeout
+    assert s.connections_closed_idle > 0
+    assert json.loads(out.strip().splitlines()[-1])["closed_by_server"] > 0
+    assert metric(p.metrics_port, "metastore_connections_closed_idle_total") > 0
+    served_again(p.endpoint)  # the flood is over: the client port serves
+    assert p.stop() == 0
+
+
+def test_per_client_cap_one_greedy_client_cannot_starve_another(tmp_path: Path) -> None:
+    port = free_port()
+    urls = f"http://127.0.0.1:{port},http://[::1]:{port}"  # two hosts: 127.0.0.1 and ::1
+    p = start_with_faults(
+        tmp_path / "data", "--listen-client-urls", urls, "--max-client-requests", "100", port=port
+    )
+    greedy = client("slow", p.endpoint, "300", "3")  # 300 calls of 3 s from 127.0.0.1
+    try:
+        assert greedy.stdout is not None and greedy.stdout.readline().strip() == "STARTED"
+        deadline = time.monotonic() + 20
+        while stats(p.endpoint).requests_current < 100:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        with grpc.insecure_channel(f"[::1]:{port}") as ch:  # the other client: every read served
+            kv = rpc_pb2_grpc.KVStub(ch)
+            for _ in range(50):
+                kv.Range(rpc_pb2.RangeRequest(key=b"a"), timeout=5)
+        s = stats(p.endpoint)
+        out, _ = greedy.communicate(timeout=60)
+    finally:
+        if greedy.poll() is None:
+            greedy.kill()
+    assert json.loads(out.strip().splitlines()[-1]) == {"codes": {"OK": 100, "RESOURCE_EXHAUSTED": 200}}
+    assert s.client_requests_max == 100 and s.client_refused_in_flight == 200
+    top = s.busiest_clients[0]
+    assert top.client == "ipv4:127.0.0.1" and top.in_flight == 100 and top.refused == 200
+    assert metric(p.metrics_port, "metastore_client_refused_in_flight_total") == 200
+    assert p.stop() == 0
+
+
+def test_per_client_rate_limit(tmp_path: Path) -> None:
+    port = free_port()
+    urls = f"http://127.0.0.1:{port},http://[::1]:{port}"
+    p = start_metastore(
+        tmp_path / "data",
+        "--listen-client-urls",
+        urls,
+        "--client-rate",
+        "50",
+        "--client-burst",
+        "50",
+        port=port,
+    )
+    try:
+        codes: dict[str, int] = {}
+        with grpc.insecure_channel(p.endpoint) as ch:
+            kv = rpc_pb2_grpc.KVStub(ch)
+            t0 = time.monotonic()
+            for _ in range(400):
+                try:
+                    kv.Range(rpc_pb2.RangeRequest(key=b"a"), timeout=5)
+                    codes["OK"] = codes.get("OK", 0) + 1
+                except grpc.RpcError as exc:
+                    assert "--client-rate" in (exc.details() or "")
+                    codes[exc.code().name] = codes.get(exc.code().name, 0) + 1
+            took = time.monotonic() - t0
+        assert codes["RESOURCE_EXHAUSTED"] > 0
+        assert 50 <= codes["OK"] <= 50 + 50 * took + 5  # the burst, then 50 a second
+        with grpc.insecure_channel(f"[::1]:{port}") as ch:  # another client's bucket is full
+            kv = rpc_pb2_grpc.KVStub(ch)
+            for _ in range(30):
+                kv.Range(rpc_pb2.RangeRequest(key=b"a"), timeout=5)
+        assert stats(p.endpoint).client_refused_rate == codes["RESOURCE_EXHAUSTED"]
+    finally:
+        p.stop()
+
+
 def test_five_thousand_slow_requests_accepted_and_the_next_refused_at_once(tmp_path: Path) -> None:
-    p = start_with_faults(tmp_path / "data")
+    # one client takes all 5,000 here: no per-client cap (by default it would get half)
+    p = start_with_faults(tmp_path / "data", "--max-client-requests", "0")
     load = client("slow", p.endpoint, "5000", "8")
     try:
         assert load.stdout is not None

@@ -173,6 +173,18 @@ async def test_key_permissions_and_the_advisories(setup: tuple[Server, Client]) 
     await _refused(
         c.kv.Range(pb.RangeRequest(key=b"app/", range_end=b"b"), metadata=alice), SC.PERMISSION_DENIED
     )
+    # a txn that only reads is served without apply (in steps): the same checks hold there
+    read_app = pb.RequestOp(request_range=pb.RangeRequest(key=b"app/", range_end=b"app0"))
+    ok = await c.kv.Txn(pb.TxnRequest(success=[read_app]), metadata=alice)
+    assert ok.succeeded and ok.responses[0].response_range.count == 1
+    read_other = pb.RequestOp(request_range=pb.RangeRequest(key=b"other"))
+    await _refused(
+        c.kv.Txn(pb.TxnRequest(success=[read_other]), metadata=alice), SC.PERMISSION_DENIED, denied
+    )
+    hidden = pb.Compare(key=b"secret/x", target=pb.Compare.VERSION, version=0)
+    await _refused(
+        c.kv.Txn(pb.TxnRequest(compare=[hidden], success=[read_app]), metadata=alice), SC.PERMISSION_DENIED
+    )
     # CVE-2023-32082: TimeToLive with keys listed keys the caller may not read
     lease = (await c.lease.LeaseGrant(pb.LeaseGrantRequest(TTL=60), metadata=root)).ID
     await c.kv.Put(pb.PutRequest(key=b"secret/x", value=b"s", lease=lease), metadata=root)

@@ -88,7 +88,7 @@ async def test_sampling_rate_zero_traces_only_what_a_caller_sampled() -> None:
 def test_off_loads_nothing_and_adds_no_layer() -> None:
     config = Config(backend="memory")
     assert Tracing.from_config(config) is None
-    assert len(Server(config).layers) == 3  # recovery, limits, auth
+    assert len(Server(config).layers) == 4  # recovery, limits, auth, per-client limits
     code = "import sys, metastore_core.server.app; print(any('opentelemetry' in m for m in sys.modules))"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert r.stdout.strip() == "False"

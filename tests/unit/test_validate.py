@@ -61,6 +61,46 @@ def test_too_many_ops() -> None:
         v.check_txn(pb.TxnRequest(success=[put(b"k%d" % i) for i in range(129)]), L)
 
 
+def _count(key: bytes) -> pb.RequestOp:
+    return pb.RequestOp(request_range=pb.RangeRequest(key=key, range_end=b"\0", count_only=True))
+
+
+def _cmp(key: bytes) -> pb.Compare:
+    return pb.Compare(key=key, target=pb.Compare.VERSION, version=0)
+
+
+def test_nested_levels_count_toward_the_op_limit() -> None:
+    # issue 13: 16 levels of 128 count-only ranges each passed etcd's per-level rule
+    level = pb.TxnRequest(success=[_count(b"k%d" % i) for i in range(127)])
+    for _ in range(15):
+        outer = pb.TxnRequest(success=[_count(b"k%d" % i) for i in range(127)])
+        outer.success.add().request_txn.CopyFrom(level)
+        level = outer
+    v._check_txn_shape(level, L)  # every level is within etcd's per-level rule
+    with pytest.raises(errors.TooManyOps) as exc:
+        v.check_txn(level, L)
+    assert exc.value.text == "etcdserver: too many operations in txn request"  # etcd's exact string
+    # a nested txn is one op of its level plus its own: 1 + 127 fits, 1 + 128 does not
+    v.check_txn(pb.TxnRequest(success=[txn([_count(b"k%d" % i) for i in range(127)], [])]), L)
+    with pytest.raises(errors.TooManyOps):
+        v.check_txn(pb.TxnRequest(success=[txn([_count(b"k%d" % i) for i in range(128)], [])]), L)
+    # only one branch runs: each may hold the limit
+    v.check_txn(pb.TxnRequest(success=[_count(b"a")] * 128, failure=[txn([_count(b"b")] * 127, [])]), L)
+
+
+def test_nested_compares_count_toward_the_limit() -> None:
+    nested = pb.TxnRequest(compare=[_cmp(b"k%d" % i) for i in range(64)])
+    ok = pb.TxnRequest(compare=[_cmp(b"c%d" % i) for i in range(64)])
+    ok.success.add().request_txn.CopyFrom(nested)
+    v.check_txn(ok, L)  # 64 + 64
+    nested.compare.append(_cmp(b"one-more"))
+    bad = pb.TxnRequest(compare=[_cmp(b"c%d" % i) for i in range(64)])
+    bad.success.add().request_txn.CopyFrom(nested)
+    with pytest.raises(errors.TooManyOps):
+        v.check_txn(bad, L)
+    assert v.txn_work(bad) == (1, 129)
+
+
 def test_empty_request_op_is_key_not_found() -> None:
     with pytest.raises(errors.KeyNotFound):
         v.check_txn(pb.TxnRequest(success=[pb.RequestOp()]), L)

@@ -363,7 +363,7 @@ def test_slow_watcher_turns_victim_and_catches_up_without_gaps() -> None:
         assert evs(fast_out) == [(i + 2, PUT, b"a", str(i).encode())]
     assert rig.hub.victims_total == 1
     w = slow.watchers[0]
-    assert w.victim and len(w.buffer) == 3  # bounded
+    assert w.victim and not w.buffer  # a victim holds nothing: it replays from the store
     out = drain(slow)
     assert [e[0] for e in evs(out)] == list(range(2, 12))
     assert not w.victim and w.synced
@@ -371,20 +371,40 @@ def test_slow_watcher_turns_victim_and_catches_up_without_gaps() -> None:
     assert evs(drain(slow)) == [(12, PUT, b"a", b"live")]
 
 
-def test_victim_past_lag_limit_is_cancelled_after_its_buffer_and_resumable() -> None:
+def test_victim_past_lag_limit_is_cancelled_and_resumable() -> None:
     rig = Rig(WatchLimits(buffer_events=2, max_lag_revisions=5))
     s = rig.session()
     s.receive(create(b"a"))
-    for _ in range(12):
+    rig.put("a")
+    assert [e[0] for e in evs(s.take(1))] == [2]  # handed out before the stream stalls
+    for _ in range(11):
         rig.put("a")
     assert rig.hub.watcher_count == 1  # id reserved until the cancel is handed out
     out = drain(s)
-    assert [e[0] for e in evs(out)] == [2, 3]
+    assert evs(out) == []  # what it had buffered was dropped when it fell behind
     assert out[-1].canceled and "too slow" in out[-1].cancel_reason and out[-1].watch_id == 0
     assert rig.hub.slow_cancels_total == 1 and rig.hub.watcher_count == 0
     # Resumable: restart from last delivered + 1 gives exactly the rest.
-    s.receive(create(b"a", start_revision=4))
-    assert [e[0] for e in evs(drain(s))] == list(range(4, 14))
+    s.receive(create(b"a", start_revision=3))
+    assert [e[0] for e in evs(drain(s))] == list(range(3, 14))
+
+
+def test_a_victim_costs_writes_nothing_and_holds_no_events() -> None:
+    rig = Rig(WatchLimits(buffer_events=4))
+    s = rig.session()
+    s.receive(create(b"a", b"b"))
+    for _ in range(6):
+        rig.put("a")
+    w = s.watchers[0]
+    assert w.victim and not w.buffer and w.buffered_events == 0
+    assert not rig.hub._ranges and not rig.hub._by_key  # out of the fan-out index
+    for _ in range(20):
+        rig.put("a")
+    assert not w.buffer
+    assert [e[0] for e in evs(drain(s))] == list(range(2, 28))  # every revision, from the store
+    assert w.synced and w in rig.hub._ranges  # back in the fan-out
+    rig.put("a")
+    assert evs(drain(s)) == [(28, PUT, b"a", b"v")]
 
 
 def test_victim_whose_history_is_compacted_gets_compaction_cancel() -> None:
@@ -395,7 +415,7 @@ def test_victim_whose_history_is_compacted_gets_compaction_cancel() -> None:
         rig.put("a")
     rig.write(pb.CompactionRequest(revision=5))
     out = drain(s)
-    assert [e[0] for e in evs(out)] == [2]
+    assert evs(out) == []  # revision 2 was buffered, then dropped: it is compacted now
     assert out[-1].canceled and out[-1].compact_revision == 5 and out[-1].header.revision == 0
 
 

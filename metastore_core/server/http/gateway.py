@@ -25,6 +25,7 @@ from http import HTTPStatus
 from typing import Any
 
 from metastore_core import errors
+from metastore_core.engine.wire import Encoded
 from metastore_core.server.http import jsonpb
 from metastore_core.server.http.errors import HttpError
 from metastore_core.server.http.messages import Request, Response
@@ -182,6 +183,8 @@ def handler(method: Method, layers: Sequence[Layer]) -> Handler:
                 reply = await fn(request.body, HttpCall(request))
             except errors.MetastoreError as exc:
                 return error_response(exc)
+            if type(reply) is Encoded:  # a long read's reply comes serialized (engine/reads.py)
+                reply = method.response.FromString(reply.data)
             return Response(200, JSON, jsonpb.encode(reply))
 
         return unary

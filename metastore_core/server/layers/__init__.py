@@ -7,6 +7,7 @@ method that takes (request, Call); rpc.py binds the wrapped method to gRPC.
 from __future__ import annotations
 
 from metastore_core.server.layers.auth import AuthLayer
+from metastore_core.server.layers.clients import ClientLimits
 from metastore_core.server.layers.limits import Limiter
 from metastore_core.server.layers.metrics import RequestMetrics
 from metastore_core.server.layers.recovery import Recovery
@@ -14,8 +15,18 @@ from metastore_core.server.methods import Layer
 
 
 def reliability_layers(
-    recovery: Recovery, limiter: Limiter, metrics: RequestMetrics | None, auth: AuthLayer | None = None
+    recovery: Recovery,
+    limiter: Limiter,
+    metrics: RequestMetrics | None,
+    auth: AuthLayer | None = None,
+    clients: ClientLimits | None = None,
 ) -> list[Layer]:
-    """recovery -> limits -> auth -> handler (the list is innermost first; no auth layer: none)."""
-    inner = [] if auth is None else [auth.layer()]
+    """recovery -> limits -> auth -> per-client limits -> handler (the list is innermost first;
+    a layer not given is left out).
+
+    The per-client limits sit inside auth so that, once auth sets Call.auth, a client is its
+    user; until then it is its host."""
+    inner = [] if clients is None else [clients.layer()]
+    if auth is not None:
+        inner.append(auth.layer())
     return [*inner, limiter.layer(), recovery.layer(metrics)]

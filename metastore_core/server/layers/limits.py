@@ -8,8 +8,9 @@ message naming the limit; nothing queues behind it. Methods whose policy says
 so (health, admin) are not counted. Memory at its cap refuses writes that add
 data: the monitor here measures, the member's write guard refuses.
 
-Connections and the handshake timeout are enforced by grpc-core (server
-options in listeners.py); this module only counts them, from /proc.
+Connections: grpc-core caps them (--max-connections plus a reserve, listeners.py)
+and times handshakes out; a connection first seen past --max-connections has its
+calls refused here (server/connections.py), so health and admin keep the reserve.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from contextlib import aclosing
 from typing import Any
 
 from metastore_core import errors
+from metastore_core.server.connections import Connections
 from metastore_core.server.methods import Behaviour, Call, Layer, MethodInfo
 
 log = logging.getLogger("metastore.limits")
@@ -33,18 +35,23 @@ log = logging.getLogger("metastore.limits")
 class Limiter:
     """Live request and stream counts, and the gates that refuse calls."""
 
-    def __init__(self, max_requests: int, request_timeout_s: float) -> None:
+    def __init__(
+        self, max_requests: int, request_timeout_s: float, connections: Connections | None = None
+    ) -> None:
         self.max_requests = max_requests
+        self.connections = connections  # admission past --max-connections, when given
         self.request_timeout_s = request_timeout_s
         self.requests = 0
         self.streams = 0
         self.peak_requests = 0
         self.refused = 0
         self.draining = False  # shutdown began: every new call is refused
+        self.last_refused_draining = 0.0  # monotonic time a call was last refused for draining
         # Request timeout: one sweeper cancels overdue calls, instead of a timer per call
         # (asyncio.timeout costs several us per call; a dict entry costs a fraction of one).
         self._inflight: dict[asyncio.Task[Any] | None, float] = {}
         self._expired: set[asyncio.Task[Any]] = set()
+        self._draining_since = 0.0
 
     def sweep(self, now: float) -> int:
         """Cancel every unary call older than the request timeout; returns how many."""
@@ -56,6 +63,28 @@ class Limiter:
                 task.cancel()
                 n += 1
         return n
+
+    def refuse_draining(self) -> errors.Stopping:
+        """The refusal of a call that arrives during shutdown (UNAVAILABLE: clients retry)."""
+        self.last_refused_draining = time.monotonic()
+        return errors.Stopping()
+
+    async def quiet(self, quiet_s: float, until: float) -> None:
+        """Return once no call was refused for draining in the last quiet_s (or at until).
+
+        Calls that reached grpc-core but not yet a handler are cancelled (CANCELLED, which
+        etcd clients do not retry) by the grpc server's stop; while the server still runs,
+        each one reaches the limits layer and is refused with UNAVAILABLE instead."""
+        while True:
+            now = time.monotonic()
+            if now >= until or now - max(self.last_refused_draining, self._draining_since) >= quiet_s:
+                return
+            await asyncio.sleep(min(quiet_s / 2, max(until - now, 0.0)))
+
+    def start_draining(self) -> None:
+        """Shutdown began: refuse every new call from now on."""
+        self.draining = True
+        self._draining_since = time.monotonic()
 
     async def run_timeouts(self) -> None:
         """The sweeper: checks often enough to hold the timeout to about a tenth of itself."""
@@ -72,6 +101,7 @@ class Limiter:
             inflight = self._inflight
             current_task = asyncio.current_task
             monotonic = time.monotonic
+            conns = self.connections
             if not info.server_streaming and not info.client_streaming:
 
                 async def unary(request: Any, call: Call) -> Any:
@@ -79,7 +109,9 @@ class Limiter:
                         self.refused += 1
                         raise errors.TooManyRequests(self.max_requests)
                     if self.draining:
-                        raise errors.Stopping()
+                        raise self.refuse_draining()
+                    if conns is not None:
+                        conns.admit(call.peer())
                     self.requests += 1
                     if self.requests > self.peak_requests:
                         self.peak_requests = self.requests
@@ -104,7 +136,9 @@ class Limiter:
                 # client-streaming: none in etcd's API; counted as a stream, no timeout
                 async def client_stream(request: Any, call: Call) -> Any:
                     if self.draining:
-                        raise errors.Stopping()
+                        raise self.refuse_draining()
+                    if conns is not None:
+                        conns.admit(call.peer())
                     self.streams += 1
                     try:
                         return await fn(request, call)
@@ -115,7 +149,9 @@ class Limiter:
 
             async def streaming(request: Any, call: Call) -> Any:
                 if self.draining:
-                    raise errors.Stopping()
+                    raise self.refuse_draining()
+                if conns is not None:
+                    conns.admit(call.peer())
                 self.streams += 1
                 try:
                     async with aclosing(fn(request, call)) as items:

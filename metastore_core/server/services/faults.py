@@ -7,6 +7,8 @@ exactly what recovery and limits do to a real handler:
 
     /metastore.testing.Faults/Panic        unary, raises RuntimeError
     /metastore.testing.Faults/Sleep        unary, sleeps DoubleValue seconds
+    /metastore.testing.Faults/Block        unary, blocks the event loop DoubleValue seconds (a
+                                           CPU-bound request that never yields)
     /metastore.testing.Faults/PanicStream  server stream, one message then RuntimeError
     /metastore.testing.Faults/SlowPut      unary, sleeps 3 s, then a real Put (PutRequest)
     /metastore.testing.Faults/Unhealthy    unary, adds a health checker that always fails
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -53,6 +56,10 @@ class FaultService:
         await asyncio.sleep(request.value)
         return empty_pb2.Empty()
 
+    async def Block(self, request: wrappers_pb2.DoubleValue, call: Call) -> Any:
+        time.sleep(request.value)  # on purpose: the loop stands still, as under a runaway request
+        return empty_pb2.Empty()
+
     async def PanicStream(self, request: Any, call: Call) -> AsyncIterator[Any]:
         yield empty_pb2.Empty()
         raise InjectedFault("injected stream failure")
@@ -73,6 +80,7 @@ class FaultService:
         shapes: list[tuple[str, type[Any], type[Any], bool]] = [
             ("Panic", empty_pb2.Empty, empty_pb2.Empty, False),
             ("Sleep", wrappers_pb2.DoubleValue, empty_pb2.Empty, False),
+            ("Block", wrappers_pb2.DoubleValue, empty_pb2.Empty, False),
             ("PanicStream", empty_pb2.Empty, empty_pb2.Empty, True),
             ("SlowPut", rpc_pb2.PutRequest, rpc_pb2.PutResponse, False),
             ("Unhealthy", empty_pb2.Empty, empty_pb2.Empty, False),

@@ -79,6 +79,16 @@ class GetStatsResponse(_message.Message):
     ACTIVE_STREAMS_FIELD_NUMBER: _builtins.int
     REQUESTS_REFUSED_FIELD_NUMBER: _builtins.int
     REQUESTS_PEAK_FIELD_NUMBER: _builtins.int
+    CONNECTIONS_REFUSED_FIELD_NUMBER: _builtins.int
+    CONNECTIONS_CLOSED_IDLE_FIELD_NUMBER: _builtins.int
+    CLIENT_REQUESTS_MAX_FIELD_NUMBER: _builtins.int
+    CLIENT_RATE_FIELD_NUMBER: _builtins.int
+    CLIENTS_FIELD_NUMBER: _builtins.int
+    CLIENT_REFUSED_IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    CLIENT_REFUSED_RATE_FIELD_NUMBER: _builtins.int
+    BUSIEST_CLIENTS_FIELD_NUMBER: _builtins.int
+    LOOP_LAG_SECONDS_FIELD_NUMBER: _builtins.int
+    LOOP_LAG_PEAK_SECONDS_FIELD_NUMBER: _builtins.int
     PANIC_COUNT_FIELD_NUMBER: _builtins.int
     VALIDATION_ERROR_COUNT_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
@@ -90,6 +100,7 @@ class GetStatsResponse(_message.Message):
     WATCHERS_FIELD_NUMBER: _builtins.int
     WATCH_STREAMS_FIELD_NUMBER: _builtins.int
     LEASES_FIELD_NUMBER: _builtins.int
+    SLOW_WATCHERS_FIELD_NUMBER: _builtins.int
     LAST_SHUTDOWN_FIELD_NUMBER: _builtins.int
     LAST_SHUTDOWN_REASON_FIELD_NUMBER: _builtins.int
     SERVING_FIELD_NUMBER: _builtins.int
@@ -114,6 +125,26 @@ class GetStatsResponse(_message.Message):
     """unary calls refused at the concurrency limit since start"""
     requests_peak: _builtins.int
     """most unary calls in flight at once since start"""
+    connections_refused: _builtins.int
+    """calls on connections opened past --max-connections"""
+    connections_closed_idle: _builtins.int
+    """connections closed at the limit before their handshake"""
+    client_requests_max: _builtins.int
+    """Per-client limits: a client is its host, or its user once auth is on.
+    --max-client-requests (0: no cap)
+    """
+    client_rate: _builtins.float
+    """--client-rate (0: no limit)"""
+    clients: _builtins.int
+    """clients with calls in flight or tokens spent"""
+    client_refused_in_flight: _builtins.int
+    """calls refused at a client's in-flight cap"""
+    client_refused_rate: _builtins.int
+    """calls refused at a client's rate limit"""
+    loop_lag_seconds: _builtins.float
+    """how late the event loop runs (recent)"""
+    loop_lag_peak_seconds: _builtins.float
+    """the worst since start"""
     panic_count: _builtins.int
     validation_error_count: _builtins.int
     revision: _builtins.int
@@ -124,10 +155,16 @@ class GetStatsResponse(_message.Message):
     watchers: _builtins.int
     watch_streams: _builtins.int
     leases: _builtins.int
+    slow_watchers: _builtins.int
+    """behind the store, replaying from it"""
     last_shutdown_reason: _builtins.str
     serving: _builtins.bool
     """overall health (grpc.health.v1 "")"""
     pid: _builtins.int
+    @_builtins.property
+    def busiest_clients(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClientFigures]:
+        """most calls in flight first"""
+
     @_builtins.property
     def alarms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -157,6 +194,16 @@ class GetStatsResponse(_message.Message):
         active_streams: _builtins.int = ...,
         requests_refused: _builtins.int = ...,
         requests_peak: _builtins.int = ...,
+        connections_refused: _builtins.int = ...,
+        connections_closed_idle: _builtins.int = ...,
+        client_requests_max: _builtins.int = ...,
+        client_rate: _builtins.float = ...,
+        clients: _builtins.int = ...,
+        client_refused_in_flight: _builtins.int = ...,
+        client_refused_rate: _builtins.int = ...,
+        busiest_clients: _abc.Iterable[Global___ClientFigures] | None = ...,
+        loop_lag_seconds: _builtins.float = ...,
+        loop_lag_peak_seconds: _builtins.float = ...,
         panic_count: _builtins.int = ...,
         validation_error_count: _builtins.int = ...,
         revision: _builtins.int = ...,
@@ -168,6 +215,7 @@ class GetStatsResponse(_message.Message):
         watchers: _builtins.int = ...,
         watch_streams: _builtins.int = ...,
         leases: _builtins.int = ...,
+        slow_watchers: _builtins.int = ...,
         last_shutdown: _abc.Iterable[Global___PhaseTiming] | None = ...,
         last_shutdown_reason: _builtins.str = ...,
         serving: _builtins.bool = ...,
@@ -177,11 +225,40 @@ class GetStatsResponse(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_streams", b"active_streams", "alarms", b"alarms", "backend", b"backend", "cluster_id", b"cluster_id", "compact_revision", b"compact_revision", "connections_current", b"connections_current", "connections_max", b"connections_max", "db_size_bytes", b"db_size_bytes", "etcd_api_version", b"etcd_api_version", "health_reasons", b"health_reasons", "key_count", b"key_count", "last_shutdown", b"last_shutdown", "last_shutdown_reason", b"last_shutdown_reason", "leases", b"leases", "member_id", b"member_id", "memory_max_bytes", b"memory_max_bytes", "memory_used_bytes", b"memory_used_bytes", "panic_count", b"panic_count", "pid", b"pid", "requests_current", b"requests_current", "requests_max", b"requests_max", "requests_peak", b"requests_peak", "requests_refused", b"requests_refused", "revision", b"revision", "serving", b"serving", "uptime_seconds", b"uptime_seconds", "validation_error_count", b"validation_error_count", "version", b"version", "warnings", b"warnings", "watch_streams", b"watch_streams", "watchers", b"watchers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_streams", b"active_streams", "alarms", b"alarms", "backend", b"backend", "busiest_clients", b"busiest_clients", "client_rate", b"client_rate", "client_refused_in_flight", b"client_refused_in_flight", "client_refused_rate", b"client_refused_rate", "client_requests_max", b"client_requests_max", "clients", b"clients", "cluster_id", b"cluster_id", "compact_revision", b"compact_revision", "connections_closed_idle", b"connections_closed_idle", "connections_current", b"connections_current", "connections_max", b"connections_max", "connections_refused", b"connections_refused", "db_size_bytes", b"db_size_bytes", "etcd_api_version", b"etcd_api_version", "health_reasons", b"health_reasons", "key_count", b"key_count", "last_shutdown", b"last_shutdown", "last_shutdown_reason", b"last_shutdown_reason", "leases", b"leases", "loop_lag_peak_seconds", b"loop_lag_peak_seconds", "loop_lag_seconds", b"loop_lag_seconds", "member_id", b"member_id", "memory_max_bytes", b"memory_max_bytes", "memory_used_bytes", b"memory_used_bytes", "panic_count", b"panic_count", "pid", b"pid", "requests_current", b"requests_current", "requests_max", b"requests_max", "requests_peak", b"requests_peak", "requests_refused", b"requests_refused", "revision", b"revision", "serving", b"serving", "slow_watchers", b"slow_watchers", "uptime_seconds", b"uptime_seconds", "validation_error_count", b"validation_error_count", "version", b"version", "warnings", b"warnings", "watch_streams", b"watch_streams", "watchers", b"watchers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetStatsResponse: _TypeAlias = GetStatsResponse  # noqa: Y015
+
+@_typing.final
+class ClientFigures(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIENT_FIELD_NUMBER: _builtins.int
+    IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    REFUSED_FIELD_NUMBER: _builtins.int
+    client: _builtins.str
+    """"ipv4:10.0.0.7" or "user:NAME" """
+    in_flight: _builtins.int
+    requests: _builtins.int
+    refused: _builtins.int
+    def __init__(
+        self,
+        *,
+        client: _builtins.str = ...,
+        in_flight: _builtins.int = ...,
+        requests: _builtins.int = ...,
+        refused: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client", b"client", "in_flight", b"in_flight", "refused", b"refused", "requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClientFigures: _TypeAlias = ClientFigures  # noqa: Y015
 
 @_typing.final
 class ShutdownRequest(_message.Message):
