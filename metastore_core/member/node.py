@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 
 ETCD_API_VERSION = "3.5.0"  # the etcd API level we speak; clients switch features on it
 _ALARM = pb.AlarmRequest
+JOIN_OFF_LOOP_BYTES = 4 << 20  # a reply this big is joined on a thread
 
 
 @dataclass(frozen=True)
@@ -349,7 +350,7 @@ class Node:
         self._applier.ops.ranges += 1
         with store.pinned(rev):
             body = await drive(reads.range_steps(store, r, rev, self._config.max_response_bytes))
-        return self._reply(wire.RANGE_HEADER, body, current)
+        return await self._reply(wire.RANGE_HEADER, body, current)
 
     async def txn(self, r: pb.TxnRequest, auth: AuthInfo | None = None) -> pb.TxnResponse | Encoded:
         """A client's Txn: one that can write goes through write(); one that only compares and
@@ -368,16 +369,20 @@ class Node:
         ops.ranges += ranges[0]
         if ranges[0] > 1:
             ops.txns += 1
-        return self._reply(wire.TXN_HEADER, body, rev)
+        return await self._reply(wire.TXN_HEADER, body, rev)
 
-    def _reply(self, header_field: int, body: wire.Body, revision: int) -> Encoded:
+    async def _reply(self, header_field: int, body: wire.Body, revision: int) -> Encoded:
         """body with its response header in front, as one serialized reply."""
         header = pb.ResponseHeader()
         self.header(header, revision)
         out = wire.Body()
         out.add_field(header_field, header.SerializeToString())
         out.parts.extend(body.parts)
-        return Encoded(b"".join(out.parts))
+        if out.size + body.size < JOIN_OFF_LOOP_BYTES:
+            return Encoded(b"".join(out.parts))
+        # bytes.join lets go of the GIL for a big result: joining a 270 MiB reply (~0.15 s) on
+        # a thread keeps the loop serving others meanwhile
+        return Encoded(await asyncio.to_thread(b"".join, out.parts))
 
     async def write(self, command: Command, auth: AuthInfo | None = None) -> Any:
         """Check, propose and apply one write command; answers once it is durable."""
