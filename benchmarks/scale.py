@@ -3,8 +3,9 @@
     python -m benchmarks.run --scale [--scale-keys 1000000] [--targets etcd,metastore]
 
 Each target gets a fresh server (fsync on, quota 8 GiB so etcd's 2 GiB default never stops a
-load). The store is filled through the wire with Txns of 100 puts (8-byte keys, 256-byte values,
-8 in flight), and at each step every target does the same thing before the next step starts:
+load). The store is filled through the wire (8-byte keys, 256-byte values) by Puts at 256 in
+flight, or with `--scale-fill N` by Txns of N puts at 8 in flight, and at each step every target
+does the same thing before the next step starts:
 
 1. N/100 keys: put@64 of new keys (the bulk-load rate while small).
 2. N/10 keys: stop (SIGTERM), restart, time from spawn to the first answered Range.
