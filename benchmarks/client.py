@@ -357,7 +357,8 @@ async def _build(
     raise ValueError(f"unknown workload {name!r}")
 
 
-async def serve_stdin() -> None:
+async def serve_stdin(handle: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]] = run) -> None:
+    """Answer one JSON command per stdin line with handle's JSON, until EOF or {"op": "quit"}."""
     loop = asyncio.get_running_loop()
     while True:
         line = await loop.run_in_executor(None, sys.stdin.readline)
@@ -367,7 +368,7 @@ async def serve_stdin() -> None:
         if cmd.get("op") == "quit":
             return
         try:
-            out = await run(cmd)
+            out = await handle(cmd)
         except Exception as exc:
             out = {"error": f"{type(exc).__name__}: {exc}"}
         sys.stdout.write(json.dumps(out) + "\n")

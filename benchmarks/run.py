@@ -72,6 +72,12 @@ TARGETS = {
     "metastore-auth": ("metastore", ["--bench-auth"]),
     # gRPC and the JSON gateway on one port: gRPC connections relayed by the front listener.
     "metastore-one-port": ("metastore", ["--gateway-on-client-urls"]),
+    # A bounded value cache (--value-cache-bytes): get works on 1000 keys of ~283 serialized
+    # bytes (~280 kB), range-100 on 100 (~28 kB); 128k holds about half of get's, 16k about half
+    # of range-100's, 0 none (every read goes to LevelDB).
+    "metastore-values-128k": ("metastore", ["--value-cache-bytes", str(128 << 10)]),
+    "metastore-values-16k": ("metastore", ["--value-cache-bytes", str(16 << 10)]),
+    "metastore-values-0": ("metastore", ["--value-cache-bytes", "0"]),
 }
 DEFAULT_TARGETS = ["etcd", "metastore", "floor", "floor-aio"]
 RELIABILITY_WORKLOADS = [("put", 1), ("put", 64), ("get", 64)]
@@ -89,8 +95,8 @@ class Settings:
 class Client:
     """The load-client child process (benchmarks/client.py), one JSON line per command."""
 
-    def __init__(self, uvloop: bool) -> None:
-        args = [sys.executable, "-m", "benchmarks.client", *(["--uvloop"] if uvloop else [])]
+    def __init__(self, uvloop: bool, module: str = "benchmarks.client") -> None:
+        args = [sys.executable, "-m", module, *(["--uvloop"] if uvloop else [])]
         self.proc = subprocess.Popen(
             args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT, env=clean_env()
         )
@@ -102,7 +108,8 @@ class Client:
         p.stdin.flush()
         ready, _, _ = select.select([p.stdout], [], [], timeout)
         if not ready:
-            raise TimeoutError(f"client gave no answer in {timeout:.0f}s to {cmd['workload']}")
+            what = cmd.get("workload") or cmd.get("op")
+            raise TimeoutError(f"client gave no answer in {timeout:.0f}s to {what}")
         line = p.stdout.readline()
         if not line:
             raise RuntimeError(f"client exited with {p.wait()}")
@@ -391,6 +398,51 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------- main
+def run_scale(a: argparse.Namespace, names: list[str], s: Settings, log: Any) -> int:
+    """The scale phase (benchmarks/scale.py) over the etcd and metastore targets named."""
+    from benchmarks import scale
+
+    names = [n for n in names if TARGETS.get(n, ("metastore", []))[0] in ("etcd", "metastore")]
+    work = Path(tempfile.mkdtemp(prefix="metastore-scale-"))
+    started, load_before = time.monotonic(), procfs.loadavg()
+    log(f"scale: workdir {work}; load average {load_before}")
+    targets: list[Target] = []
+    client: Client | None = None
+    try:
+        src, label = metastore_source(a, work)
+        for n in names:
+            t = make_target(n, work, a, src, scale.server_flags(TARGETS.get(n, ("metastore", []))[0]))
+            t.start()
+            targets.append(t)
+            log(f"scale: {n} pid {t.pid} on {t.endpoint}")
+        client = Client(a.uvloop_client, "benchmarks.scale_client")
+        res = scale.Scale(client, targets, a.scale_keys, s, work, log, a.scale_fill).run()
+    finally:
+        if client is not None:
+            client.close()
+        scale.stop_all(targets)
+        if not a.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    cmd = "python -m benchmarks.run" + (" " + " ".join(sys.argv[1:]) if sys.argv[1:] else "")
+    meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": machine(),
+        "command": cmd,
+        "keys": a.scale_keys,
+        "fill": a.scale_fill,
+        "repeats": s.repeats,
+        "duration": s.duration,
+        "load_before": load_before,
+        "load_after": procfs.loadavg(),
+        "etcd_version": etcd_version(),
+        "git": label,
+        "minutes": (time.monotonic() - started) / 60,
+    }
+    print(scale.write({"meta": meta, "targets": res}, a.out))
+    log(f"scale: wrote {a.out / 'scale-latest.json'} and {a.out / 'scale-latest.md'}")
+    return 0
+
+
 def fsync_ms(where: Path, n: int = 200) -> str:
     """p50/p90 of a synced 256-byte LevelDB put in where: the disk's fsync floor right now."""
     import plyvel
@@ -477,6 +529,33 @@ def select_workloads(spec: str | None) -> list[tuple[str, int]]:
     return out
 
 
+def metastore_source(a: argparse.Namespace, work: Path) -> tuple[Path, str]:
+    """(the tree target `metastore` runs from, how to name it): --metastore-rev or this one."""
+    if a.metastore_rev and Path(a.metastore_rev).is_dir():
+        src = Path(a.metastore_rev).resolve()
+        return src, f"tree at {src}"
+    if a.metastore_rev:
+        return work / "src", export_rev(a.metastore_rev, work / "src")
+    return ROOT, f"{git_rev()} working tree{git_dirty()}"
+
+
+def make_target(
+    name: str, work: Path, a: argparse.Namespace, metastore_src: Path, extra: tuple[str, ...] = ()
+) -> Target:
+    """The target called name (TARGETS, or metastore@REV: a git revision or a saved tree)."""
+    kind, flags = TARGETS.get(name, ("metastore", []))
+    flags = flags + (a.metastore_arg if kind == "metastore" else []) + list(extra)
+    src = metastore_src if kind == "metastore" else ROOT
+    if name.startswith("metastore@"):
+        rev = name.partition("@")[2]
+        if Path(rev).is_dir():  # a saved copy of a tree, e.g. before an uncommitted change
+            src = Path(rev).resolve()
+        else:
+            src = work / "src-compare"
+            export_rev(rev, src)
+    return Target(name, kind, work, flags, src=src)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="1 repeat, short windows, small load (smoke)")
@@ -507,6 +586,16 @@ def main(argv: list[str] | None = None) -> int:
         help="where to write latest.json/latest.md [benchmarks/results; results/quick with --quick]",
     )
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (data dirs, server logs)")
+    ap.add_argument("--scale", action="store_true", help="run the scale phase instead (benchmarks/scale.py)")
+    ap.add_argument("--scale-keys", type=int, default=1_000_000, help="keys of the scale phase [1000000]")
+    ap.add_argument(
+        "--scale-fill",
+        type=int,
+        default=1,
+        metavar="N",
+        help="keys per write while filling: 1 = Puts, 256 in flight (as clients write; etcd's WAL and "
+        "raft log then look as in use) [1]; more = Txns of N puts, 8 in flight (faster, for development)",
+    )
     a = ap.parse_args(argv)
     s = Settings(
         repeats=a.repeats or (1 if a.quick else 3),
@@ -534,32 +623,19 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
+    if a.scale:
+        return run_scale(a, names, s, log)
+
     work = Path(tempfile.mkdtemp(prefix="metastore-bench-"))
     targets: list[Target] = []
     client: Client | None = None
     load_before = procfs.loadavg()
     fsync_before = fsync_ms(work)
     log(f"bench: workdir {work}; load average {load_before}")
-    metastore_src, metastore_label = ROOT, f"{git_rev()} working tree{git_dirty()}"
     try:
-        if a.metastore_rev and Path(a.metastore_rev).is_dir():
-            metastore_src = Path(a.metastore_rev).resolve()
-            metastore_label = f"tree at {metastore_src}"
-        elif a.metastore_rev:
-            metastore_src = work / "src"
-            metastore_label = export_rev(a.metastore_rev, metastore_src)
+        metastore_src, metastore_label = metastore_source(a, work)
         for n in names:
-            kind, extra = TARGETS.get(n, ("metastore", []))
-            extra = extra + (a.metastore_arg if kind == "metastore" else [])
-            src = metastore_src if kind == "metastore" else ROOT
-            if n.startswith("metastore@"):
-                rev = n.partition("@")[2]
-                if Path(rev).is_dir():  # a saved copy of a tree, e.g. before an uncommitted change
-                    src = Path(rev).resolve()
-                else:
-                    src = work / "src-compare"
-                    export_rev(rev, src)
-            t = Target(n, kind, work, extra, src=src)
+            t = make_target(n, work, a, metastore_src)
             t.start()
             targets.append(t)
             log(f"bench: {n} pid {t.pid} on {t.endpoint}")

@@ -139,7 +139,7 @@ class Target:
             ]
         return [sys.executable, "-m", "benchmarks.floor_server", "--port", str(self.port), *self.extra]
 
-    def start(self) -> float:
+    def start(self, timeout: float = 60.0) -> float:
         """Start and wait for the first answered Range; returns seconds from spawn to answer."""
         if not self.port:
             self.port = free_port()
@@ -153,7 +153,7 @@ class Target:
                 self._args(), stdout=out, stderr=subprocess.STDOUT, cwd=self.src, env=clean_env(self.src)
             )
         try:
-            t1 = first_range(self.endpoint, self.proc)
+            t1 = first_range(self.endpoint, self.proc, timeout)
         except Exception:
             self.stop(signal.SIGKILL)
             tail = log.read_text(errors="replace")[-3000:]

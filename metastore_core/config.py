@@ -277,7 +277,7 @@ class Config:
         ),
     )
     max_response_bytes: int = declare(
-        256 * MiB,
+        1024 * MiB,
         Setting(
             "max-response-bytes",
             REQUESTS,
@@ -287,7 +287,9 @@ class Config:
             more='A read that would build more gets RESOURCE_EXHAUSTED "etcdserver: response is too '
             'large" as soon as it passes the limit (etcd refuses replies over its 2 GiB gRPC send '
             "limit); page with limit, or ask for keys_only or count_only. Big reads are built in "
-            "steps that let other requests run between them.",
+            "steps that let other requests run between them. A reply takes about twice its size in "
+            "memory while it is sent (a Range over a million 256-byte values: ~280 MiB, ~590 MiB), "
+            "so the default, half of etcd's limit, keeps one reply within the default --max-memory.",
         ),
     )
     max_key_bytes: int = declare(
@@ -306,6 +308,18 @@ class Config:
             metavar="BYTES",
             more='Past it, Put, a Txn with a put and LeaseGrant fail with "etcdserver: mvcc: database '
             'space exceeded" until etcdctl alarm disarm; reads, deletes and compaction go on.',
+        ),
+    )
+    value_cache_bytes: int = declare(
+        -1,
+        Setting(
+            "value-cache-bytes",
+            STORAGE,
+            "Bytes of newest values held in memory; -1 holds every one, 0 none.",
+            check=at_least(-1),
+            metavar="BYTES",
+            more="A read of a value not held goes to LevelDB (block cache, then disk) and holds it, "
+            "dropping values not read for longest. With --enable-crc no value is held.",
         ),
     )
     # etcd's auto-compaction: periodic (retention a duration, bare number = hours) or revision

@@ -38,18 +38,22 @@ def is_tombstone(entry: int) -> bool:
 class KeyHistory:
     """Revisions of one key, oldest first, plus its newest generation's figures."""
 
-    __slots__ = ("create", "entries", "lease", "newest", "version")
+    __slots__ = ("clock", "create", "entries", "lease", "newest", "version")
 
-    def __init__(self) -> None:
-        self.entries: list[int] = []
-        self.create = 0  # create_revision of the newest live generation (0 when deleted)
-        self.version = 0
-        self.lease = 0
-        # The serialized KeyValue of entries[-1] when that is a put, else None. Most reads are
-        # of the newest value; holding it here saves a storage read per key (a 100-key range
-        # spent 70 % of its time in LevelDB gets) at the price of the live data set in memory,
-        # as etcd's mmap'd bbolt has it. Not kept with CRC on: those reads check the disk.
+    def __init__(
+        self, entries: list[int] | None = None, create: int = 0, version: int = 0, lease: int = 0
+    ) -> None:
+        self.entries: list[int] = [] if entries is None else entries
+        self.create = create  # create_revision of the newest live generation (0 when deleted)
+        self.version = version
+        self.lease = lease
+        # The serialized KeyValue of entries[-1] when that is a put and the value cache holds it,
+        # else None (values.py). Most reads are of the newest value; holding it here saves a
+        # storage read per key (a 100-key range spent 70 % of its time in LevelDB gets) at the
+        # price of the live data set in memory, as etcd's mmap'd bbolt has it. Never held with
+        # CRC on: those reads check the disk.
         self.newest: bytes | None = None
+        self.clock = 0  # where it stands in the value cache's ring, with a budget (values.py)
 
     def at(self, main: int) -> int | None:
         """The newest entry at or below main revision, if it is not a tombstone."""
@@ -170,6 +174,11 @@ class Index:
     def history_values(self, key: bytes, end: bytes) -> Iterator[KeyHistory]:
         """The histories of histories(key, end), without their keys."""
         return map(self._map.__getitem__, list(self.keys(key, end)))
+
+    def columns(self) -> tuple[list[bytes], list[KeyHistory]]:
+        """Every key in order, and their histories in the same order (copies: safe to keep)."""
+        keys = list(self._sorted)
+        return keys, list(map(self._map.__getitem__, keys))
 
     def all(self) -> Iterator[tuple[bytes, KeyHistory]]:
         m = self._map

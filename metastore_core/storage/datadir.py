@@ -3,6 +3,7 @@
     <data-dir>/metastore.datadir   the marker, written once the store exists (never changed)
     <data-dir>/metastore.lock      flock'ed by the daemon that holds the dir; holds its PID
     <data-dir>/metastore.watermark the last durable index and revision (watermark.py)
+    <data-dir>/metastore.index     the key index as of a clean shutdown (mvcc/checkpoint.py)
     <data-dir>/db/                 the LevelDB store, created 0700
 
 Rules, so that a damaged or foreign directory is never "repaired" into an empty store:
@@ -30,7 +31,13 @@ MARKER_TEXT = b"metastore data dir, format 1\n"
 # here); a dir without the marker that holds nothing else is ours from before markers existed.
 OWN_NAMES = frozenset(
     {LOCK_NAME, MARKER_NAME, MARKER_NAME + ".tmp", DB_NAME}
-    | {"metastore.watermark", "last-shutdown.json", "last-shutdown.tmp"}
+    | {
+        "metastore.watermark",
+        "last-shutdown.json",
+        "last-shutdown.tmp",
+        "metastore.index",
+        "metastore.index.tmp",
+    }
 )
 # What LevelDB leaves in a directory it failed to create a store in (no data in any of them).
 _EMPTY_STORE = frozenset({"LOCK", "LOG", "LOG.old"})

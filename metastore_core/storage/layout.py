@@ -43,13 +43,14 @@ META_SCHEDULED_COMPACT_REV = b"mscheduled_compact_rev"  # compaction asked up to
 META_AUTH_ENABLED = b"mauth_enabled"
 META_AUTH_REVISION = b"mauth_revision"
 META_HEALTH_PROBE = b"mhealth_probe"  # health checker's write/read probe (no meaning)
+META_INDEX_CHECKPOINT = b"mindex_checkpoint"  # the token of the index checkpoint (mvcc/checkpoint.py)
 
 MAX_LEASE_TTL = 9_000_000_000  # seconds, etcd's MaxLeaseTTL: the largest TTL a lease record holds
 
 CRC_NONE = b"none"
 CRC_IEEE = b"crc32"
 
-_REV = struct.Struct(">QQ")
+REV_KEY = _REV = struct.Struct(">QQ")  # (main, sub) at offset 1 of a revision key
 _U64 = struct.Struct(">Q")
 _LEASE = struct.Struct(">qq")
 

@@ -16,10 +16,12 @@ from metastore_core.storage import Storage
 class Engine:
     """Store + lessor + applier; `write` applies and makes the batch durable like the committer."""
 
-    def __init__(self, storage: Storage, *, crc: bool = False) -> None:
+    def __init__(self, storage: Storage, **store_options: Any) -> None:
+        """store_options go to MVCCStore (crc, value_cache_bytes, checkpoint_dir) and to reopen()."""
         self.storage = storage
         self.now = 0.0
-        self.store = MVCCStore(storage, crc=crc)
+        self.store_options = store_options
+        self.store = MVCCStore(storage, **store_options)
         self.store.load()
         self.lessor = Lessor(self.store)
         self.lessor.load(self.now)
@@ -44,4 +46,12 @@ class Engine:
             self.store.mark_durable(d)
 
     def reopen(self) -> Engine:
-        return Engine(self.storage)
+        return Engine(self.storage, **self.store_options)
+
+
+def index_state(store: MVCCStore) -> tuple[int, int, dict[bytes, tuple[list[int], int, int, int]]]:
+    """Everything a load builds, loading first if the store is new."""
+    if store.committed_rev == 1 and not len(store.index):
+        store.load()
+    index = {k: (h.entries, h.create, h.version, h.lease) for k, h in store.index.all()}
+    return store.committed_rev, store.compact_rev, index

@@ -6,6 +6,10 @@ every revision still readable, including count and the per-key revisions.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from pathlib import Path
+
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -13,10 +17,13 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from metastore_core import errors
 from metastore_core.engine.ranges import range_at
+from metastore_core.mvcc.index import entry_main, entry_sub, is_tombstone
+from metastore_core.mvcc.store import MVCCStore
 from metastore_core.pb.etcdserverpb import rpc_pb2 as pb
+from metastore_core.storage.layout import rev_key
 from metastore_core.storage.memory import MemoryStorage
 
-from enginekit import Engine
+from enginekit import Engine, index_state
 
 KEYS = st.sampled_from([b"a", b"b", b"c", b"d"])
 VALUES = st.binary(min_size=0, max_size=3)
@@ -48,10 +55,12 @@ def model_state(h: History, rev: int) -> dict[bytes, tuple[bytes, int, int, int]
 
 
 class MVCCMachine(RuleBasedStateMachine):
+    VALUE_BUDGET: int | None = None  # --value-cache-bytes; None holds every newest value
+
     def __init__(self) -> None:
         super().__init__()
         self.storage = MemoryStorage()
-        self.engine = Engine(self.storage)
+        self.engine = Engine(self.storage, value_cache_bytes=self.VALUE_BUDGET)
         self.history: History = {}
         self.rev = 1
         self.compacted = 0
@@ -130,6 +139,8 @@ class MVCCMachine(RuleBasedStateMachine):
     def restart(self) -> None:
         self.engine = self.engine.reopen()
         assert self.engine.store.committed_rev == self.rev
+        if self.engine.store.checkpoint_dir is not None:  # what the checkpoint gave is what a scan gives
+            assert index_state(self.engine.store) == index_state(MVCCStore(self.storage))
 
     @invariant()
     def reads_match_model(self) -> None:
@@ -158,3 +169,48 @@ class MVCCMachine(RuleBasedStateMachine):
 
 MVCCMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
 test_mvcc_matches_model = MVCCMachine.TestCase
+
+
+class CheckpointMachine(MVCCMachine):
+    """The same, restarting from index checkpoints taken at random points: then writes, deletes
+    and compactions go on before the restart, which must build the index a scan would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = Path(tempfile.mkdtemp(prefix="metastore-checkpoint-test-"))
+        self.engine = Engine(self.storage, checkpoint_dir=self.dir)
+
+    def teardown(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    @rule()
+    def checkpoint(self) -> None:
+        made = self.engine.store.checkpoint()
+        assert made is not None  # the test engine commits every write before it returns
+        self.engine.store.save_checkpoint(*made)
+
+
+CheckpointMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
+test_mvcc_restarts_from_checkpoints = CheckpointMachine.TestCase
+
+
+class SmallCacheMachine(MVCCMachine):
+    """The same with room for about two newest values (a few bytes each): nearly every read
+    misses, loads and evicts, and no answer may change."""
+
+    VALUE_BUDGET = 30
+
+    @invariant()
+    def held_values_are_the_newest(self) -> None:
+        store = self.engine.store
+        held = [h for _, h in store.index.all() if h.newest is not None]
+        assert store.values.bytes == sum(len(h.newest or b"") for h in held) <= self.VALUE_BUDGET
+        assert store.values.held == len(held)
+        for h in held:
+            e = h.entries[-1]
+            assert not is_tombstone(e)
+            assert h.newest == self.storage.get(rev_key(entry_main(e), entry_sub(e)))
+
+
+SmallCacheMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
+test_mvcc_with_a_small_value_cache = SmallCacheMachine.TestCase

@@ -30,8 +30,8 @@ def tiny_steps(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
 
 
-def _engine(ops: list[tuple[bytes, bytes | None]]) -> Engine:
-    e = Engine(MemoryStorage())
+def _engine(ops: list[tuple[bytes, bytes | None]], **store_options: int | bool) -> Engine:
+    e = Engine(MemoryStorage(), **store_options)
     for key, value in ops:
         if value is None:
             e.write(pb.DeleteRangeRequest(key=key))
@@ -75,6 +75,18 @@ def test_range_in_steps_equals_range_at_every_revision(
     got = _range_reply(e, req, rev)
     # equal sort keys keep the key order in both (etcd's own sort leaves ties in any order)
     assert got == want
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=writes, req=ranges, back=st.integers(0, 10), budget=st.sampled_from([0, 8, 40]))
+def test_a_range_in_steps_under_a_value_budget_reads_what_is_not_held(
+    ops: list[tuple[bytes, bytes | None]], req: pb.RangeRequest, back: int, budget: int
+) -> None:
+    # the reference holds nothing in memory: with CRC on every value is read and checked from storage
+    stored, bounded = _engine(ops, crc=True), _engine(ops, value_cache_bytes=budget)
+    rev = max(stored.store.committed_rev - back, 1)
+    assert _range_reply(bounded, req, rev) == _range_reply(stored, req, rev)
+    assert bounded.store.values.bytes <= budget
 
 
 txn_ops = st.lists(
