@@ -10,6 +10,7 @@ committed revision, so a read never sees a write before it is durable.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -56,6 +57,11 @@ log = logging.getLogger(__name__)
 ETCD_API_VERSION = "3.5.0"  # the etcd API level we speak; clients switch features on it
 _ALARM = pb.AlarmRequest
 JOIN_OFF_LOOP_BYTES = 4 << 20  # a reply this big is joined on a thread
+# A read walking this many keys waits until no other such read is being built: each holds about
+# twice its reply while it is joined and copied, and four full 1M-key ranges at once took
+# +2.8 GiB and a 2.1 s stall where one after the other took +0.6 GiB and at most 0.19 s.
+BIG_READ_KEYS = 100_000
+_NO_WAIT = contextlib.nullcontext()
 
 
 @dataclass(frozen=True)
@@ -96,6 +102,7 @@ class Node:
             checkpoint_dir=config.data_dir if config.backend == "leveldb" else None,
         )
         self._cold = asyncio.Event()  # a load left newest values in storage: warm them
+        self._big_reads = asyncio.Semaphore(1)
         store.incremental_compaction = True
         self._lessor = lessor = Lessor(store)
         self._alarms = alarms = Alarms(store)
@@ -348,9 +355,15 @@ class Node:
         rev = store.check_rev(r.revision)
         current = store.committed_rev
         self._applier.ops.ranges += 1
-        with store.pinned(rev):
-            body = await drive(reads.range_steps(store, r, rev, self._config.max_response_bytes))
-        return await self._reply(wire.RANGE_HEADER, body, current)
+        keys = 0 if r.count_only else store.index.span(r.key, r.range_end)
+        async with self._one_big_read(keys):
+            with store.pinned(rev):
+                body = await drive(reads.range_steps(store, r, rev, self._config.max_response_bytes))
+            return await self._reply(wire.RANGE_HEADER, body, current)
+
+    def _one_big_read(self, keys: int) -> contextlib.AbstractAsyncContextManager[Any]:
+        """The turn a read of `keys` keys waits for: none for a small one (BIG_READ_KEYS)."""
+        return self._big_reads if keys >= BIG_READ_KEYS else _NO_WAIT
 
     async def txn(self, r: pb.TxnRequest, auth: AuthInfo | None = None) -> pb.TxnResponse | Encoded:
         """A client's Txn: one that can write goes through write(); one that only compares and
@@ -363,13 +376,14 @@ class Node:
         store = self._store
         rev = store.committed_rev
         ranges = [0]
-        with store.pinned(rev):
-            body = await drive(reads.txn_steps(store, r, rev, self._config.max_response_bytes, ranges))
-        ops = self._applier.ops
-        ops.ranges += ranges[0]
-        if ranges[0] > 1:
-            ops.txns += 1
-        return await self._reply(wire.TXN_HEADER, body, rev)
+        async with self._one_big_read(self._applier.work(r)):
+            with store.pinned(rev):
+                body = await drive(reads.txn_steps(store, r, rev, self._config.max_response_bytes, ranges))
+            ops = self._applier.ops
+            ops.ranges += ranges[0]
+            if ranges[0] > 1:
+                ops.txns += 1
+            return await self._reply(wire.TXN_HEADER, body, rev)
 
     async def _reply(self, header_field: int, body: wire.Body, revision: int) -> Encoded:
         """body with its response header in front, as one serialized reply."""
