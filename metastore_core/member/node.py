@@ -352,11 +352,12 @@ class Node:
             await self._consensus.read_index()
         self._auth_store.check_access(auth, READ, r.key, r.range_end)
         store = self._store
-        rev = store.check_rev(r.revision)
-        current = store.committed_rev
         self._applier.ops.ranges += 1
         keys = 0 if r.count_only else store.index.span(r.key, r.range_end)
         async with self._one_big_read(keys):
+            # the revision is checked and pinned after the wait: compaction may move meanwhile
+            rev = store.check_rev(r.revision)
+            current = store.committed_rev
             with store.pinned(rev):
                 body = await drive(reads.range_steps(store, r, rev, self._config.max_response_bytes))
             return await self._reply(wire.RANGE_HEADER, body, current)
@@ -374,9 +375,9 @@ class Node:
         await self._consensus.read_index()
         self._auth_store.check_entry(auth, r)  # as apply checks a txn that writes
         store = self._store
-        rev = store.committed_rev
         ranges = [0]
         async with self._one_big_read(self._applier.work(r)):
+            rev = store.committed_rev  # after the wait, as in _read_range
             with store.pinned(rev):
                 body = await drive(reads.txn_steps(store, r, rev, self._config.max_response_bytes, ranges))
             ops = self._applier.ops

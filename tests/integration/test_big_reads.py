@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
 
+from metastore_core import errors
 from metastore_core.config import Config
 from metastore_core.engine import reads
 from metastore_core.engine.reads import Steps
 from metastore_core.engine.wire import Encoded
 from metastore_core.member import node as node_module
 from metastore_core.member import steps
+from metastore_core.member.node import Node
 from metastore_core.pb.etcdserverpb import rpc_pb2 as pb
 from metastore_core.server.app import Server
 
@@ -32,26 +35,10 @@ def _txn(reply: pb.TxnResponse | Encoded) -> pb.TxnResponse:
     return pb.TxnResponse.FromString(reply.data) if isinstance(reply, Encoded) else reply
 
 
-async def test_big_reads_take_turns_and_small_ones_do_not_wait(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(node_module, "BIG_READ_KEYS", 1_000)
-    monkeypatch.setattr(reads, "STEP", 25)  # many steps, each one a turn of the loop: the reads
-    monkeypatch.setattr(steps, "SLICE_S", 0.0)  # overlap in time
-    building, most = 0, 0  # big replies being built at once
-
-    def counted(make: Callable[..., Steps[T]]) -> Callable[..., Steps[T]]:
-        def wrapper(*args: Any) -> Steps[T]:
-            nonlocal building, most
-            big = args[1].range_end == b"l"  # the txn's too: txn_steps reads through range_steps
-            building += big
-            most = max(most, building)
-            try:
-                return (yield from make(*args))
-            finally:
-                building -= big
-
-        return wrapper
-
-    monkeypatch.setattr(reads, "range_steps", counted(reads.range_steps))
+@contextlib.asynccontextmanager
+async def _loaded() -> AsyncIterator[Node]:
+    """A server holding KEYS keys k00000.. with values v0.., big reads from 1,000 keys, and
+    every step of a read a turn of the loop (so reads overlap in time)."""
     server = Server(
         Config(
             backend="memory",
@@ -69,6 +56,36 @@ async def test_big_reads_take_turns_and_small_ones_do_not_wait(monkeypatch: pyte
                 for j in range(i, min(i + 128, KEYS))
             ]
             await node.write(pb.TxnRequest(success=puts))
+        yield node
+    finally:
+        await server.stop()
+
+
+@pytest.fixture(autouse=True)
+def small_big_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(node_module, "BIG_READ_KEYS", 1_000)
+    monkeypatch.setattr(reads, "STEP", 25)
+    monkeypatch.setattr(steps, "SLICE_S", 0.0)
+
+
+async def test_big_reads_take_turns_and_small_ones_do_not_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    building, most = 0, 0  # big replies being built at once
+
+    def counted(make: Callable[..., Steps[T]]) -> Callable[..., Steps[T]]:
+        def wrapper(*args: Any) -> Steps[T]:
+            nonlocal building, most
+            big = args[1].range_end == b"l"  # the txn's too: txn_steps reads through range_steps
+            building += big
+            most = max(most, building)
+            try:
+                return (yield from make(*args))
+            finally:
+                building -= big
+
+        return wrapper
+
+    monkeypatch.setattr(reads, "range_steps", counted(reads.range_steps))
+    async with _loaded() as node:
         done: list[tuple[str, float]] = []
 
         async def timed(name: str, read: Awaitable[T]) -> T:
@@ -96,5 +113,19 @@ async def test_big_reads_take_turns_and_small_ones_do_not_wait(monkeypatch: pyte
         assert most == 1
         assert order[:2] == ["small", "get"] or order[:2] == ["get", "small"]
         assert order[2:] == ["big-1", "big-2", "big-txn"]
-    finally:
-        await server.stop()
+
+
+async def test_a_big_read_that_waited_for_its_turn_sees_a_compaction_made_meanwhile() -> None:
+    """Its revision is checked once its turn comes: a read at a revision compacted while it
+    waited is refused, never answered from a half-compacted history."""
+    async with _loaded() as node:
+        old = node.figures.revision
+        await node.write(pb.PutRequest(key=b"k00001", value=b"new"))
+        everything = pb.RangeRequest(key=b"k", range_end=b"l")
+        first = asyncio.ensure_future(node.read(everything))
+        waiting = asyncio.ensure_future(node.read(pb.RangeRequest(key=b"k", range_end=b"l", revision=old)))
+        await asyncio.sleep(0)  # both started: the first builds, the second waits for its turn
+        await node.write(pb.CompactionRequest(revision=node.figures.revision))
+        assert _range(await first).count == KEYS
+        with pytest.raises(errors.Compacted):
+            await waiting
