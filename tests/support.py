@@ -3,6 +3,7 @@ from benchmarks/): a free loopback port, and the start-up probe that waits for a
 
 from __future__ import annotations
 
+import random
 import socket
 import subprocess
 import time
@@ -11,11 +12,27 @@ import grpc
 
 from metastore_core.pb.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 
+# Below Linux's ephemeral range (32768-60999 by default): a port the kernel hands out for bind(0)
+# is also one it hands to outgoing connections, so a server given such a port could find it taken
+# by a client's socket a moment later (seen once in CI: "address already in use").
+_PORTS = range(20_000, 32_768)
+_given: set[int] = set()
+
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port nothing listens on, not handed out before in this process."""
+    for _ in range(1000):
+        port = random.choice(_PORTS)
+        if port in _given:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _given.add(port)
+        return port
+    raise RuntimeError("no free loopback port in 20000-32767")
 
 
 def first_range(endpoint: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> float:
