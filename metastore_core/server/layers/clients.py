@@ -6,9 +6,9 @@ With --max-client-requests a client past its share is refused while the others g
 --client-rate adds a token bucket (burst --client-burst) that every call, stream opens
 included, takes one token from. Over either: RESOURCE_EXHAUSTED at once, naming the flag.
 
-A client is the authenticated user once the auth layer sets `Call.auth` (this layer runs
-inside auth, so it sees it), else the peer's address without its port: every connection
-from one host is one client. Idle clients are forgotten by `sweep`, so the table holds
+A client is the user `Call.auth` names (this layer runs inside auth, so it sees it), else
+(ANONYMOUS: auth off, or a call that named no user) the peer's address without its port:
+every connection from one host is one client. Idle clients are forgotten by `sweep`, so the table holds
 only clients that are busy or have spent tokens lately.
 """
 
