@@ -10,7 +10,8 @@ method, and nowhere else.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,6 +125,26 @@ def wrap(info: MethodInfo, fn: Behaviour, layers: Sequence[Layer]) -> Behaviour:
         for layer in layers:
             fn = layer(info, fn)
     return fn
+
+
+def check_first(info: MethodInfo, fn: Behaviour, check: Callable[[Call], object]) -> Behaviour:
+    """fn with check(call) run before it starts, for a method of any shape: a refusal check
+    raises comes before any of fn's work (a stream's too)."""
+    if not info.server_streaming:
+
+        async def once(request: Any, call: Call) -> Any:
+            check(call)
+            return await fn(request, call)
+
+        return once
+
+    async def streaming(request: Any, call: Call) -> AsyncIterator[Any]:
+        check(call)
+        async with aclosing(fn(request, call)) as items:
+            async for item in items:
+                yield item
+
+    return streaming
 
 
 def service_methods(desc: ServiceDescriptor, servicer: object, modules: Sequence[Any]) -> list[Method]:

@@ -13,16 +13,12 @@ door is kept, by the method's policy (methods.py):
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import aclosing
-from typing import Any
-
 from metastore_core import errors
 from metastore_core.engine.auth import ANONYMOUS
 from metastore_core.engine.entry import AuthInfo
 from metastore_core.member.node import Node
 from metastore_core.peers import is_loopback
-from metastore_core.server.methods import Behaviour, Call, Layer, MethodInfo
+from metastore_core.server.methods import Behaviour, Call, Layer, MethodInfo, check_first
 
 
 class AuthLayer:
@@ -67,20 +63,6 @@ class AuthLayer:
             if not info.policy.auth:
                 return fn
             admit = self.admit
-            if not info.server_streaming:
-
-                async def unary(request: Any, call: Call) -> Any:
-                    admit(info, call)
-                    return await fn(request, call)
-
-                return unary
-
-            async def streaming(request: Any, call: Call) -> AsyncIterator[Any]:
-                admit(info, call)
-                async with aclosing(fn(request, call)) as items:
-                    async for item in items:
-                        yield item
-
-            return streaming
+            return check_first(info, fn, lambda call: admit(info, call))
 
         return wrap

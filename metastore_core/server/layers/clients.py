@@ -17,11 +17,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from contextlib import aclosing
 from typing import Any
 
 from metastore_core import errors
-from metastore_core.server.methods import Behaviour, Call, Layer, MethodInfo
+from metastore_core.server.methods import Behaviour, Call, Layer, MethodInfo, check_first
 
 SWEEP_S = 10.0
 
@@ -146,20 +145,7 @@ class ClientLimits:
 
                 return unary
 
-            if not info.server_streaming:
-
-                async def client_stream(request: Any, call: Call) -> Any:
-                    enter(call, False)
-                    return await fn(request, call)
-
-                return client_stream
-
-            async def streaming(request: Any, call: Call) -> Any:
-                enter(call, False)
-                async with aclosing(fn(request, call)) as items:
-                    async for item in items:
-                        yield item
-
-            return streaming
+            # a stream counts toward the rate when it opens, not toward the calls in flight
+            return check_first(info, fn, lambda call: enter(call, False))
 
         return wrap
