@@ -257,7 +257,7 @@ class Committer:
             async with self._exclusive:
                 pass
 
-    async def rollback(self, reload: Callable[[], None]) -> None:
+    async def rollback(self, reload: Callable[[], object]) -> None:
         """Drop everything staged but not yet durable and rebuild memory from disk.
 
         Used when an apply failed half-way: its partial changes must never be

@@ -66,7 +66,7 @@ class WriteGuard:
         alarms: Alarms,
         committer: Committer,
         propose: Propose,
-        reload: Callable[[], None],
+        reload: Callable[[], object],
         spawn: Spawn,
         quota: int,
         watermark: Watermark | None = None,

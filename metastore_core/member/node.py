@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import time
@@ -151,10 +150,10 @@ class Node:
         self.started = time.time()
 
     # ---------------------------------------------------------------- lifecycle
-    FREEZE_KEYS = 50_000  # from this many keys a load freezes what it built (below: a full GC is cheap)
-
-    def load(self) -> None:
-        """Rebuild every in-memory structure from storage (start-up, rollback, recovery)."""
+    def load(self) -> int:
+        """Rebuild every in-memory structure from storage (start-up, rollback, recovery); returns
+        the number of keys in the index (the server freezes a big one out of garbage collections,
+        server/gcpauses.py)."""
         t0 = time.monotonic()
 
         def progress(records: int, revision: int) -> None:
@@ -170,12 +169,6 @@ class Node:
         self._lessor.load(self._clock())
         self._alarms.load()
         self._auth_store.load()
-        if len(self._store.index) >= self.FREEZE_KEYS:
-            # The index is two tracked objects a key that live as long as the member: a full
-            # collection walked them all (1M keys: a 0.67 s stall, each time); frozen, it skips
-            # them. They are still freed when dropped (a reload replaces them; no cycles).
-            gc.collect()
-            gc.freeze()
         watermark = self._watermark
         if watermark is not None:
             settle_watermark(self._store, watermark, accept_lost=self._config.unsafe_accept_lost_writes)
@@ -194,6 +187,7 @@ class Node:
         )
         if store.cold_below:
             self._cold.set()
+        return len(store.index)
 
     async def settle_kept_alarms(self) -> None:
         """Start-up, after load: alarms the watermark kept go into the store (guard.py)."""
@@ -291,7 +285,6 @@ class Node:
         )
 
     def close(self) -> None:
-        gc.unfreeze()  # the member's objects become collectable again (a process may start another)
         self._compactor.close()
         self._committer.close()
         self._store.storage.close()

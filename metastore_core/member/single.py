@@ -32,7 +32,7 @@ class SingleNode:
         applier: Applier,
         committer: Committer,
         member: Callable[[], MemberInfo],
-        reload: Callable[[], None],
+        reload: Callable[[], object],
         on_applied: Callable[[Entry], None],
     ) -> None:
         self._store = store

@@ -194,9 +194,10 @@ class Server:
             self.node = node = Node(self.storage, cfg, spawn=self._spawn, watermark=watermark)
             self.auth.node = node
             try:
-                await asyncio.to_thread(node.load)
+                keys = await asyncio.to_thread(node.load)
             except L.CorruptRecord as exc:
                 raise StorageError(f"data is corrupt ({exc}); refusing to start") from None
+            self.gc_pauses.after_load(keys)  # before serving: its one full collection pauses nothing
             if self.datadir is not None:
                 self.datadir.mark()  # the store exists: from now on a missing one is refused
             if cfg.corrupt_check_on_start:
@@ -510,7 +511,6 @@ class Server:
         """Serve until a signal, `metastore stop` or the Shutdown RPC; then shut down."""
         self.lifecycle.arm_watchdog()  # this is the process: the timeout holds even if the loop sticks
         # ... and its garbage collector: full collections stay short (server/gcpauses.py)
-        self.gc_pauses.after_load()
         self.gc_pauses.install()
         loop = asyncio.get_running_loop()
         self.lifecycle.install_signal_handlers(loop)
@@ -527,6 +527,7 @@ class Server:
             self.node.close()
         elif self.storage is not None:
             self.storage.close()
+        self.gc_pauses.thaw()
         if self.datadir is not None:
             self.datadir.release()
         if self._tls_dir is not None:

@@ -6,7 +6,10 @@ of machine (more at a million), whatever the requests were doing. `gc.freeze()` 
 live object to a generation the collector never walks; refcounting still frees them when
 they go (a deleted key's history), only a reference cycle among them would stay. So after a
 full collection longer than MAX_PAUSE_S, the survivors are frozen: the next full collections
-walk only what was made since. Once at start-up, after the store is loaded, the same.
+walk only what was made since. Once at start-up, after a store of FREEZE_KEYS keys or more is
+loaded and before serving, the same (1M keys: a full collection paused 0.24-0.30 s, each
+time; frozen, 0.000 s); a smaller one collects fast enough. At stop `thaw` makes it all
+collectable again (a process may start another server).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 log = logging.getLogger("metastore.gc")
 
 MAX_PAUSE_S = 0.02
+FREEZE_KEYS = 50_000
 
 
 class GCPauses:
@@ -44,12 +48,18 @@ class GCPauses:
         gc.freeze()
         self.freezes += 1
 
-    def after_load(self) -> None:
-        """At start-up, the loaded store: collect once, then freeze what is left."""
+    def after_load(self, keys: int) -> None:
+        """At start-up, a store of `keys` keys just loaded: from FREEZE_KEYS keys, collect once,
+        then freeze what is left."""
+        if keys < FREEZE_KEYS:
+            return
         t0 = time.perf_counter()
         gc.collect()
         self.freeze()
         log.debug("froze %d objects after load (%.3fs)", gc.get_freeze_count(), time.perf_counter() - t0)
+
+    def thaw(self) -> None:
+        gc.unfreeze()
 
     def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
         if info.get("generation") != 2:

@@ -74,7 +74,7 @@ async def test_a_long_delete_is_atomic_lets_others_wait_and_leaves_the_loop_free
     assert KEYS > LONG_WORK  # long enough to be applied in steps
     try:
         await _load(node, b"del/", KEYS)
-        server.gc_pauses.after_load()  # as the daemon has it (serve_until_stopped)
+        server.gc_pauses.after_load(KEYS)  # as a start that loads that many keys does
         server.gc_pauses.install()
         before = (await node.range(pb.RangeRequest(key=b"\0"))).header.revision
         ticker = await Ticker.start()
@@ -106,7 +106,7 @@ async def test_a_write_txn_reading_many_keys_is_applied_in_steps() -> None:
     assert node is not None
     try:
         await _load(node, b"r/", KEYS)
-        server.gc_pauses.after_load()
+        server.gc_pauses.after_load(KEYS)
         server.gc_pauses.install()
         ticker = await Ticker.start()
         resp = await node.write(
