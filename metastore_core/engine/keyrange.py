@@ -80,5 +80,16 @@ def leases(command: Any) -> Iterator[int]:
 
 
 def writes(command: Any) -> bool:
-    """Can command change keys? (A txn that only compares and reads cannot.)"""
-    return any(a.kind == WRITE for a in accesses(command))
+    """Can command change keys? (A txn that only compares and reads cannot.)
+
+    What accesses() would say (a WRITE anywhere), without building its Access objects: every
+    Txn asks this before it goes to the read or the write path."""
+    if isinstance(command, pb.TxnRequest):
+        for op in (*command.success, *command.failure):
+            kind = op.WhichOneof("request")
+            if kind == "request_put" or kind == "request_delete_range":
+                return True
+            if kind == "request_txn" and writes(op.request_txn):
+                return True
+        return False
+    return isinstance(command, pb.PutRequest | pb.DeleteRangeRequest)
